@@ -1,0 +1,93 @@
+"""Canonical CBOR: the one encoding every signature and id is computed over.
+
+The rules are DAG-CBOR's (which RFC 8949 section 4.2.3 calls length-first map key ordering):
+definite lengths, shortest integer and length forms, map keys are text strings sorted by their
+encoded length and then bytewise, no duplicate keys, no floats, no tags. cbor2 with
+``canonical=True`` produces exactly that for the value types our messages use (int, bytes, text,
+bool, null, arrays, maps with text keys).
+
+A received message must be byte-identical to the re-encoding of what it decodes to; otherwise two
+encodings of one message would have two ids and two signing inputs.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cbor2
+
+from rigmesh.wire.errors import Malformed, NotCanonical, TooLarge
+
+#: Nesting deeper than this is never needed by a message and is refused before recursion can hurt.
+MAX_DEPTH = 8
+
+
+def encode(value: Any) -> bytes:
+    """Canonical encoding of a message value."""
+    return cbor2.dumps(value, canonical=True)
+
+
+def decode(data: bytes, *, max_size: int) -> Any:
+    """Decode one canonical CBOR item, refusing anything larger than `max_size` bytes.
+
+    Raises TooLarge, Malformed (not CBOR, trailing bytes, indefinite lengths, duplicate keys,
+    too deep) or NotCanonical (valid CBOR, but not the canonical encoding of its value).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise Malformed(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_size:
+        raise TooLarge(f"{len(data)} bytes > limit {max_size}")
+    data = bytes(data)
+    stream = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(
+            stream,
+            tag_hook=_refuse_tag,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            max_depth=MAX_DEPTH,
+        ).decode()
+    except Exception as exc:  # cbor2 raises several types; all mean the same to a peer
+        raise Malformed(f"not CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        raise Malformed(f"{len(data) - stream.tell()} trailing bytes")
+    _check_types(value)
+    try:
+        again = encode(value)
+    except Exception as exc:  # e.g. a decoded value type cbor2 cannot re-encode
+        raise Malformed(f"unencodable value: {exc}") from None
+    if again != data:
+        raise NotCanonical("re-encoding differs")
+    return value
+
+
+_INT_MIN, _INT_MAX = -(2**64), 2**64 - 1
+
+
+def _check_types(value: Any) -> None:
+    """Only the CBOR data model our messages use: no floats, no tags (cbor2 decodes some tags,
+    such as bignums and dates, before any hook sees them), integers within 64 bits."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is dict:
+            for k, item in v.items():
+                if type(k) is not str:
+                    raise Malformed("map keys must be text strings")
+                stack.append(item)
+        elif t is list:
+            stack.extend(v)
+        elif t is int:
+            if not _INT_MIN <= v <= _INT_MAX:
+                raise Malformed("integer outside 64 bits (bignum tags are not allowed)")
+        elif t not in _SCALARS and v is not None:
+            raise Malformed(f"value of type {t.__name__} is not allowed")
+
+
+_SCALARS = (str, bytes, bool)
+
+
+def _refuse_tag(decoder: object, tag: object) -> Any:
+    raise Malformed("CBOR tags are not allowed")
