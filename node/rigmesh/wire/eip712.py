@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import coincurve
 from eth_hash.auto import keccak
 
+__all__ = ["keccak"]
+
 from rigmesh.wire.errors import BadSignature
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
