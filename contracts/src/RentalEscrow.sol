@@ -236,7 +236,8 @@ contract RentalEscrow is IRentalEscrow, EIP712, ReentrancyGuardTransient {
         uint256 closeDeadline = block.timestamp + terms.challengeWindow;
         if (closeDeadline < deadline) deadline = closeDeadline;
         _rentals[id] = (word & ~(_TIME_MASK << _DEADLINE_SHIFT)) | (deadline << _DEADLINE_SHIFT) | _CLOSE_REQUESTED;
-        emit CloseRequested(id, uint64(deadline));
+        // forge-lint: disable-next-line(unsafe-typecast)
+        emit CloseRequested(id, uint64(deadline)); // deadline <= MAX_TIMESTAMP < 2^40
     }
 
     /// @inheritdoc IRentalEscrow
@@ -266,7 +267,10 @@ contract RentalEscrow is IRentalEscrow, EIP712, ReentrancyGuardTransient {
         status = word & _CLOSED != 0 ? Status.Closed : Status.Open;
         deposit_ = word & _AMOUNT_MASK;
         paid = (word >> _PAID_SHIFT) & _AMOUNT_MASK;
+        // Both are masked to 40 bits, so the casts cannot truncate.
+        // forge-lint: disable-next-line(unsafe-typecast)
         openedAt = uint64((word >> _OPENED_SHIFT) & _TIME_MASK);
+        // forge-lint: disable-next-line(unsafe-typecast)
         deadline = uint64((word >> _DEADLINE_SHIFT) & _TIME_MASK);
     }
 
