@@ -1,0 +1,292 @@
+"""Offer gossip: one topic per chain, validation before forwarding, scoring, republish, book sync.
+
+Written against `rigmesh.p2p.network.Network` only, so it runs unchanged on libp2p and on the
+in-memory network. The flow of one gossiped offer (spec/p2p.md):
+
+1. the network hands us (forwarder, bytes) for a message id (the offer's CID) it has not seen;
+2. banned forwarder -> REJECT; over its token bucket -> IGNORE and a small penalty;
+3. ``book.ingest`` decodes, checks size, canonical form, fields, time, chain and seq (cheap checks
+   first), verifies the Ed25519 signature and inserts: success -> ACCEPT (forwarded);
+   Replayed -> IGNORE without penalty (duplicates and races are normal in gossip);
+   any other WireError -> REJECT and the code's penalty against the forwarder;
+4. a forwarder whose decayed penalty crosses the threshold is banned (disconnected and refused).
+
+Providers republish their live offers every `republish_interval` with a bumped seq (a new CID,
+so the network does not deduplicate it away). A joining node syncs its book from a few peers
+over ``/rigmesh/sync/1``; every node syncs from one random peer every `anti_entropy_interval`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from rigmesh.market.offer import MAX_OFFER_SIZE, Offer, SignedOffer
+from rigmesh.p2p import sync
+from rigmesh.p2p.network import SYNC_PROTOCOL, Network, NetworkError, Verdict, offer_topic
+from rigmesh.p2p.score import PeerScores, ScoreConfig, TokenBucket
+from rigmesh.wire.errors import InvalidField, RateLimited, Replayed, TooLarge, WireError
+from rigmesh.wire.identity import PeerKey, peer_id_to_text
+
+if TYPE_CHECKING:
+    from rigmesh.market.book import OfferBook
+
+#: Unix seconds now. A real node passes ``lambda: int(time.time())``; the simulator derives it
+#: from trio's virtual clock.
+Clock = Callable[[], int]
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class GossipConfig:
+    chain_id: int
+    republish_interval: float = 300.0
+    """Providers re-sign and republish live offers this often (seconds)."""
+    anti_entropy_interval: float = 30.0
+    join_sync_peers: int = 3
+    sync_page: int = sync.MAX_PAGE
+    sync_max_pages: int = 1000
+    """Bounds one sync: at most this many pages (256 000 offers) from one peer."""
+    sync_timeout: float = 10.0
+    sync_rate: float = 20.0
+    """Sync pages a second we serve one peer, sustained (burst: 5x)."""
+    expire_interval: float = 10.0
+    scores: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+@dataclass
+class SyncStats:
+    peer: bytes
+    pages: int = 0
+    added: int = 0
+    ignored: int = 0
+    rejected: int = 0
+    error: str | None = None
+
+
+class OfferGossip:
+    def __init__(
+        self,
+        network: Network,
+        book: OfferBook,
+        config: GossipConfig,
+        *,
+        clock: Clock,
+        rng: random.Random | None = None,
+        signer: PeerKey | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.network = network
+        self.book = book
+        self.config = config
+        self.topic = offer_topic(config.chain_id)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.signer = signer
+        self.scores = PeerScores(config.scores)
+        self._sync_buckets: dict[bytes, TokenBucket] = {}
+        self._own: dict[tuple[bytes, int], Offer] = {}
+        self._on_event = on_event
+        self.counters: dict[str, int] = {}
+
+    # --- events ---------------------------------------------------------------------------
+    def _emit(self, event: str, **kw: Any) -> None:
+        self.counters[event] = self.counters.get(event, 0) + 1
+        if self._on_event is not None:
+            self._on_event({"event": event, **kw})
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.network.subscribe(self.topic, self._on_gossip)
+        self.network.serve(SYNC_PROTOCOL, self._serve_sync, max_request=sync.MAX_REQ_SIZE)
+
+    async def run(self) -> None:
+        """The periodic duties; run in the node's nursery after `start`."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._every, self.config.republish_interval, self.republish)
+            nursery.start_soon(self._every, self.config.anti_entropy_interval, self.anti_entropy)
+            nursery.start_soon(self._every, self.config.expire_interval, self._expire)
+
+    async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
+        # A random phase keeps a thousand nodes started together from acting in lockstep.
+        await trio.sleep(self.rng.random() * interval)
+        while True:
+            await fn()
+            await trio.sleep(interval)
+
+    async def _expire(self) -> None:
+        for gone in self.book.expire(self.clock()):
+            self._emit("expired", cid=gone.cid)
+
+    async def join(self, bootstrap: list[str]) -> list[bytes]:
+        """Dial the bootstrap peers concurrently (a libp2p dial costs >= 250 ms), then sync the
+        book from up to `join_sync_peers` of them. Returns the peers reached."""
+        reached: list[bytes] = []
+
+        async def dial(addr: str) -> None:
+            try:
+                reached.append(await self.network.connect(addr))
+            except (NetworkError, WireError, OSError) as exc:
+                self._emit("dial_failed", addr=addr, error=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for addr in bootstrap:
+                nursery.start_soon(dial, addr)
+        peers = sorted(set(reached) | set(self.network.peers()))
+        chosen = self.rng.sample(peers, min(self.config.join_sync_peers, len(peers)))
+        async with trio.open_nursery() as nursery:
+            for peer in chosen:
+                nursery.start_soon(self.sync_from, peer)
+        return sorted(set(reached))
+
+    # --- publishing -----------------------------------------------------------------------
+    async def publish(self, data: bytes) -> SignedOffer:
+        """Validate `data` exactly as a receiver would, insert it into our book, gossip it.
+
+        Raises the WireError a receiver would reject it with: libp2p validators also run on our
+        own publishes and a failing one drops the message silently, so we check first.
+        """
+        _kind, signed = self.book.ingest(data, self.clock())
+        await self.network.publish(self.topic, data)
+        self._emit("published", cid=signed.cid, seq=signed.offer.seq)
+        return signed
+
+    async def publish_offer(self, offer: Offer) -> SignedOffer:
+        """Sign one of our own offers, publish it, and keep republishing it while it lives."""
+        if self.signer is None:
+            raise RuntimeError("this node has no signing key")
+        signed = offer.sign(self.signer)
+        result = await self.publish(signed.encoded)
+        if offer.capacity:
+            self._own[offer.key] = offer
+        else:
+            self._own.pop(offer.key, None)
+        return result
+
+    async def republish(self) -> None:
+        now = self.clock()
+        for key, offer in list(self._own.items()):
+            ttl = offer.expires - offer.issued
+            fresh = offer._replace(seq=offer.seq + 1, issued=now, expires=now + ttl)
+            self._own[key] = fresh
+            assert self.signer is not None  # _own is only filled by publish_offer
+            try:
+                await self.publish(fresh.sign(self.signer).encoded)
+            except WireError as exc:  # our own offer is invalid: a bug or a bad config
+                self._emit("republish_failed", error=str(exc))
+                del self._own[key]
+
+    # --- receiving ------------------------------------------------------------------------
+    def _reject(self, peer: bytes, exc: WireError, now: float) -> bool:
+        self._emit("rejected", peer=peer_id_to_text(peer), code=exc.code.name)
+        return self.scores.punish(peer, exc.code, now)
+
+    async def _ban(self, peer: bytes) -> None:
+        if not self.network.is_banned(peer):
+            await self.network.ban(peer, self.config.scores.ban_seconds)
+            self._emit("banned", peer=peer_id_to_text(peer))
+
+    async def _on_gossip(self, peer: bytes, data: bytes) -> Verdict:
+        if self.network.is_banned(peer):
+            return Verdict.REJECT
+        now = self.clock()
+        mono = trio.current_time()
+        if not self.scores.allow(peer, mono):
+            if self._reject(peer, RateLimited("gossip rate"), mono):
+                await self._ban(peer)
+            return Verdict.IGNORE
+        try:
+            if len(data) > MAX_OFFER_SIZE:
+                raise TooLarge(f"{len(data)} bytes")
+            kind, signed = self.book.ingest(data, now)
+        except Replayed:
+            self.counters["replayed"] = self.counters.get("replayed", 0) + 1
+            return Verdict.IGNORE
+        except WireError as exc:
+            if self._reject(peer, exc, mono):
+                await self._ban(peer)
+            return Verdict.REJECT
+        self._emit("offer", cid=signed.cid, peer=peer_id_to_text(peer), result=kind.name,
+                   seq=signed.offer.seq)
+        return Verdict.ACCEPT
+
+    # --- sync -----------------------------------------------------------------------------
+    async def _serve_sync(self, peer: bytes, data: bytes) -> bytes:
+        mono = trio.current_time()
+        bucket = self._sync_buckets.get(peer)
+        if bucket is None:
+            rate = self.config.sync_rate
+            bucket = self._sync_buckets[peer] = TokenBucket(rate, 5 * rate)
+        try:
+            if not bucket.take(mono):
+                raise RateLimited("sync pages")
+            req = sync.decode_request(data, self.config.chain_id)
+        except WireError as exc:
+            if self._reject(peer, exc, mono):
+                await self._ban(peer)
+            raise
+        now = self.clock()
+        offers, cursor = self.book.page(req.after, req.limit)
+        # Expired offers the book still holds would only cost the requester a penalty check.
+        live = [o.encoded for o in offers if o.offer.expires > now]
+        return sync.SyncPage(offers=live, next=cursor).encode()
+
+    async def sync_from(self, peer: bytes) -> SyncStats:
+        """Page through `peer`'s book and ingest every offer; bounded by `sync_max_pages`.
+
+        An error frame from the peer (it refused, it is overloaded) ends the sync without a
+        penalty; a page we cannot decode, or invalid offers in it, count against the peer.
+        """
+        stats = SyncStats(peer)
+        after: bytes | None = None
+        try:
+            for _ in range(self.config.sync_max_pages):
+                req = sync.SyncRequest(self.config.chain_id, after, self.config.sync_page)
+                raw = await self.network.request(
+                    peer, SYNC_PROTOCOL, req.encode(),
+                    timeout=self.config.sync_timeout, max_response=sync.MAX_PAGE_SIZE,
+                )
+                mono = trio.current_time()
+                try:
+                    page = sync.decode_page(raw, req.limit)
+                    if page.next is not None and page.next == after:
+                        raise InvalidField("sync cursor did not advance")
+                except WireError as exc:
+                    stats.rejected += 1
+                    if self._reject(peer, exc, mono):
+                        await self._ban(peer)
+                    raise
+                stats.pages += 1
+                now = self.clock()
+                for data in page.offers:
+                    try:
+                        self.book.ingest(data, now)
+                        stats.added += 1
+                    except Replayed:
+                        stats.ignored += 1
+                    except WireError as exc:
+                        # An offer may expire between the peer's check and ours: not the peer's
+                        # fault, which is why Expired's penalty is small.
+                        stats.rejected += 1
+                        if self._reject(peer, exc, mono):
+                            await self._ban(peer)
+                            raise
+                if page.next is None:
+                    break
+                after = page.next
+        except WireError as exc:
+            stats.error = f"{exc.code.name}: {exc.detail}"
+        except NetworkError as exc:
+            stats.error = str(exc)
+        self._emit("synced", peer=peer_id_to_text(peer), pages=stats.pages, added=stats.added,
+                   ignored=stats.ignored, rejected=stats.rejected, error=stats.error)
+        return stats
+
+    async def anti_entropy(self) -> None:
+        peers = self.network.peers()
+        if peers:
+            await self.sync_from(self.rng.choice(peers))
