@@ -9,6 +9,7 @@ descriptor walk, so a symlink planted anywhere along the way is refused rather t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Mapping
@@ -61,14 +62,13 @@ def _open_parent(root_fd: int, parts: tuple[str, ...], *, create: bool) -> int:
     try:
         for comp in parts[:-1]:
             if create:
-                try:
+                with contextlib.suppress(FileExistsError):
                     os.mkdir(comp, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
             try:
                 nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:  # ELOOP / ENOTDIR: a symlink or a file where a dir should be
-                raise UnsafePathError("/".join(parts), f"cannot enter {comp!r}: {e.strerror}") from e
+                why = f"cannot enter {comp!r}: {e.strerror}"
+                raise UnsafePathError("/".join(parts), why) from e
             os.close(fd)
             fd = nfd
         return fd

@@ -12,6 +12,7 @@ seen in the tree, keyed by (pid, start time) so that a recycled pid is never mis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -135,10 +136,8 @@ class TreeTracker:
 
 def _signal_members(members: Iterable[ProcStat], sig: int) -> None:
     for st in members:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(st.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def kill_tree(tracker: TreeTracker, token: bytes | None, *, deadline_s: float = 5.0) -> int:
@@ -150,10 +149,8 @@ def kill_tree(tracker: TreeTracker, token: bytes | None, *, deadline_s: float = 
     signalled: set[tuple[int, int]] = set()
     end = time.monotonic() + deadline_s
     # The root's process group is the bulk of most jobs; one syscall catches all of it.
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(tracker.root_pid, signal.SIGSTOP)
-    except (ProcessLookupError, PermissionError):
-        pass
     while True:
         snap = snapshot()
         live = tracker.update(snap)
@@ -165,10 +162,8 @@ def kill_tree(tracker: TreeTracker, token: bytes | None, *, deadline_s: float = 
         _signal_members(live, signal.SIGSTOP)
         _signal_members(live, signal.SIGKILL)
         signalled.update((st.pid, st.start_ticks) for st in live)
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(tracker.root_pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         if time.monotonic() > end:
             return len(signalled)
         time.sleep(0.005)  # let the kernel finish tearing them down before rescanning

@@ -276,13 +276,20 @@ class SubprocessJob:
                     self._push(stream, line)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # closed by the supervisor after the kill: a leftover holder of the pipe
-        for line in splitter.flush():
-            self._push(stream, line)
-        self._open_pumps -= 1
-        if self._open_pumps == 0:
-            self._pumps_finished.set()
+        finally:
+            for line in splitter.flush():
+                self._push(stream, line)
+            self._open_pumps -= 1
+            if self._open_pumps == 0:
+                self._pumps_finished.set()
 
     async def _run(self, proc: trio.Process, task_status: trio.TaskStatus[None]) -> None:
+        # Shielded: outside cancellation must not interrupt the kill-and-account sequence. The
+        # supervisor still always ends, because the owner's exit path sets _stop_requested.
+        with trio.CancelScope(shield=True):
+            await self._supervise(proc, task_status)
+
+    async def _supervise(self, proc: trio.Process, task_status: trio.TaskStatus[None]) -> None:
         lim = self.spec.limits
         tracker = proctree.TreeTracker.for_root(proc.pid)
         peak_rss = peak_procs = peak_disk = 0
@@ -351,7 +358,8 @@ class SubprocessJob:
             # Kill whatever is left, even after a clean exit: a job is its whole tree, and
             # daemonized leftovers must not outlive the rental. Shielded: this must finish.
             with trio.CancelScope(shield=True):
-                killed = await trio.to_thread.run_sync(proctree.kill_tree, tracker, self._token.encode())
+                token = self._token.encode()
+                killed = await trio.to_thread.run_sync(proctree.kill_tree, tracker, token)
                 await proc.wait()
                 survivors = len(tracker.update(proctree.snapshot()))
                 # A process that escaped every net (should not happen) could hold our pipes open
@@ -430,14 +438,21 @@ class SubprocessRunner:
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 raise JobStartError(f"cannot start {spec.argv[0]!r}: {e}") from e
-            async with trio.open_nursery() as nursery:
-                await nursery.start(job._run, proc)
-                try:
-                    yield job
-                finally:
-                    with trio.CancelScope(shield=True):
-                        job._stop_requested.set()
-                        await job._done.wait()
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(job._run, proc)
+                    try:
+                        yield job
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            job._stop_requested.set()
+                            await job._done.wait()
+            except BaseExceptionGroup as eg:
+                # The nursery is our implementation detail: the supervisor never raises, so a
+                # lone exception came from the caller's block. Give it back unwrapped.
+                if len(eg.exceptions) == 1:
+                    raise eg.exceptions[0] from None
+                raise
         finally:
             if not self.keep_workdirs:
                 with trio.CancelScope(shield=True):

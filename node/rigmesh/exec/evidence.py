@@ -1,0 +1,147 @@
+"""Evidence checker (pure): does a window of telemetry back what the renter is paying for?
+
+samples + rented terms + clock value -> Verdict. No I/O, no clock reads, so the renter's usage state
+machine and the simulator call it with the same inputs and get the same answer.
+
+It answers three questions, each with reasons:
+- gpu_present: every rented GPU (by UUID, or by model and count when no UUIDs were agreed) shows
+  up in fresh samples with the agreed model name;
+- vram_ok: each such GPU reports at least the VRAM the offer promised, in every sample;
+- job_alive: the job's process tree is alive (the runner's count), or, when the provider does not
+  report it, the GPU shows utilization.
+
+A verdict is evidence, not proof: the provider produces these readings (spec/telemetry.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rigmesh.exec.telemetry import TelemetrySample
+
+
+@dataclass(frozen=True)
+class RentedGpus:
+    """What the agreement says the renter gets."""
+
+    model: str  # NVML name, as in the offer, e.g. "NVIDIA H100 80GB HBM3"
+    vram_mib: int  # per GPU
+    count: int = 1
+    uuids: tuple[str, ...] = ()  # pinned GPUs, once the provider has assigned them
+
+    def __post_init__(self) -> None:
+        if self.uuids and len(set(self.uuids)) != self.count:
+            raise ValueError("uuids must list exactly `count` distinct GPUs")
+
+
+@dataclass(frozen=True)
+class EvidencePolicy:
+    window_ms: int = 60_000  # samples older than now - window are ignored
+    max_age_ms: int = 30_000  # the newest sample of each GPU must be at least this fresh
+    max_future_ms: int = 5_000  # tolerated clock skew; later timestamps are rejected
+    busy_util_pct: int = 1  # utilization at or above this counts as 'in use'
+    require_busy: bool = False  # an idle GPU counts as a dead job (for pure-GPU workloads)
+
+
+class Finding(enum.Enum):
+    NO_SAMPLES = "no_samples"  # nothing in the window at all
+    FROM_FUTURE = "from_future"  # a sample stamped after now + skew (ignored)
+    GPU_MISSING = "gpu_missing"  # a rented GPU has no sample in the window
+    STALE = "stale"  # a rented GPU's newest sample is too old
+    MODEL_MISMATCH = "model_mismatch"  # the GPU reports another model name
+    VRAM_SHORT = "vram_short"  # total VRAM below what the offer promised
+    JOB_NOT_RUNNING = "job_not_running"  # the runner reports 0 live processes
+    JOB_UNREPORTED = "job_unreported"  # no process count; liveness judged from utilization
+    GPU_IDLE = "gpu_idle"  # no utilization at or above busy_util_pct in the window
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gpu_present: bool
+    vram_ok: bool
+    job_alive: bool
+    gpu_busy: bool | None  # None when no sample reports utilization
+    findings: tuple[tuple[Finding, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.gpu_present and self.vram_ok and self.job_alive
+
+    def has(self, f: Finding) -> bool:
+        return any(x is f for x, _ in self.findings)
+
+
+def check_window(
+    samples: Iterable[TelemetrySample],
+    rented: RentedGpus,
+    now_ms: int,
+    policy: EvidencePolicy | None = None,
+) -> Verdict:
+    pol = policy or EvidencePolicy()
+    findings: list[tuple[Finding, str]] = []
+    window: list[TelemetrySample] = []
+    for s in samples:
+        if s.t_ms > now_ms + pol.max_future_ms:
+            findings.append((Finding.FROM_FUTURE, f"{s.uuid} at t={s.t_ms} > now={now_ms}"))
+        elif s.t_ms >= now_ms - pol.window_ms:
+            window.append(s)
+    if not window:
+        findings.append((Finding.NO_SAMPLES, f"none in the last {pol.window_ms} ms"))
+        return Verdict(False, False, False, None, tuple(findings))
+
+    by_uuid: dict[str, list[TelemetrySample]] = {}
+    for s in window:
+        by_uuid.setdefault(s.uuid, []).append(s)
+
+    # Which GPUs are 'the rented ones': pinned UUIDs, else any GPUs with the agreed model name.
+    if rented.uuids:
+        wanted = list(rented.uuids)
+    else:
+        matching = sorted(u for u, ss in by_uuid.items() if ss[-1].name == rented.model)
+        wanted = matching[: rented.count]
+        for k in range(len(wanted), rented.count):
+            findings.append((Finding.GPU_MISSING, f"only {len(matching)} x {rented.model} (#{k})"))
+
+    present = len(wanted) == rented.count
+    vram_ok = present
+    mine: list[TelemetrySample] = []
+    for uuid in wanted:
+        ss = by_uuid.get(uuid)
+        if not ss:
+            findings.append((Finding.GPU_MISSING, uuid))
+            present = vram_ok = False
+            continue
+        mine.extend(ss)
+        newest = max(s.t_ms for s in ss)
+        if now_ms - newest > pol.max_age_ms:
+            findings.append((Finding.STALE, f"{uuid} newest {now_ms - newest} ms old"))
+            present = False
+        names = {s.name for s in ss}
+        if names != {rented.model}:
+            findings.append((Finding.MODEL_MISMATCH, f"{uuid} reports {sorted(names)}"))
+            present = False
+        least = min(s.mem_total_mib for s in ss)
+        if least < rented.vram_mib:
+            findings.append((Finding.VRAM_SHORT, f"{uuid} {least} MiB < {rented.vram_mib} MiB"))
+            vram_ok = False
+
+    utils = [s.util_gpu_pct for s in mine if s.util_gpu_pct is not None]
+    busy = None if not utils else max(utils) >= pol.busy_util_pct
+    if busy is False:
+        findings.append((Finding.GPU_IDLE, f"max utilization {max(utils)} %"))
+
+    # Liveness from the newest sample that carries the runner's process count.
+    counted = [s for s in mine if s.job_procs is not None]
+    if counted:
+        latest = max(counted, key=lambda s: s.t_ms)
+        alive = latest.job_procs is not None and latest.job_procs > 0
+        if not alive:
+            findings.append((Finding.JOB_NOT_RUNNING, f"0 processes at t={latest.t_ms}"))
+    else:
+        findings.append((Finding.JOB_UNREPORTED, "judged from utilization"))
+        alive = bool(busy)
+    if pol.require_busy and not busy:
+        alive = False
+    return Verdict(present, vram_ok, alive, busy, tuple(findings))

@@ -1,0 +1,331 @@
+"""The subprocess runner, with real subprocesses: streaming, limits, kills, hostile inputs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+import trio
+
+from rigmesh.exec.outbuf import OutputDropped, OutputLine, Stream
+from rigmesh.exec.paths import InputTooLargeError, UnsafePathError
+from rigmesh.exec.proctree import read_stat
+from rigmesh.exec.runner import (
+    JobSpec,
+    JobSpecError,
+    JobStartError,
+    Limits,
+    StopReason,
+    SubprocessRunner,
+    run_to_completion,
+)
+
+PY = sys.executable
+FAST = Limits(wall_clock_s=20, poll_interval_s=0.02, disk_poll_interval_s=0.05)
+
+
+def py(code: str, **kw: object) -> JobSpec:
+    limits = kw.pop("limits", FAST)
+    return JobSpec(argv=(PY, "-u", "-c", textwrap.dedent(code)), limits=limits, **kw)  # type: ignore[arg-type]
+
+
+def alive(pid: int) -> bool:
+    """A pid counts as alive if it exists and is not a zombie (zombies hold nothing)."""
+    st = read_stat(pid)
+    return st is not None and st.alive
+
+
+@pytest.fixture
+def runner(tmp_path) -> SubprocessRunner:
+    return SubprocessRunner(str(tmp_path))
+
+
+async def test_exit_code_env_inputs_and_outputs(runner: SubprocessRunner) -> None:
+    spec = py(
+        """
+        import os
+        print(open("data/in.txt").read())
+        print("CVD=" + os.environ["CUDA_VISIBLE_DEVICES"])
+        print("HOME_IS_CWD=" + str(os.environ["HOME"] == os.getcwd()))
+        os.makedirs("out/sub", exist_ok=True)
+        open("out/result.bin", "wb").write(b"\\x00\\x01")
+        open("out/sub/log.txt", "w").write("done")
+        raise SystemExit(7)
+        """,
+        inputs={"data/in.txt": b"hello input"},
+        gpus=("GPU-aaaa", "GPU-bbbb"),
+    )
+    async with runner.start(spec) as job:
+        lines = [ev.data async for ev in job.output() if isinstance(ev, OutputLine)]
+        res = await job.wait()
+        outs = await job.collect_outputs()
+        workdir = job.workdir
+    assert lines == [b"hello input\n", b"CVD=GPU-aaaa,GPU-bbbb\n", b"HOME_IS_CWD=True\n"]
+    assert res.reason is StopReason.EXITED and res.exit_code == 7 and not res.ok
+    assert res.survivors == 0
+    assert outs.files == {"out/result.bin": b"\x00\x01", "out/sub/log.txt": b"done"}
+    assert not os.path.exists(workdir)  # removed when the scope ended
+
+
+async def test_no_gpus_means_cuda_sees_none(runner: SubprocessRunner) -> None:
+    res, events = await run_to_completion(
+        runner, py("import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))")
+    )
+    assert res.ok
+    assert [e.data for e in events if isinstance(e, OutputLine)] == [b"''\n"]
+
+
+async def test_output_streams_live_in_order_with_timestamps(runner: SubprocessRunner) -> None:
+    spec = py(
+        """
+        import sys, time
+        for i in range(3):
+            print(f"out {i}"); time.sleep(0.05)
+            print(f"err {i}", file=sys.stderr); time.sleep(0.05)
+        time.sleep(30)
+        """
+    )
+    async with runner.start(spec) as job:
+        got: list[OutputLine] = []
+        async for ev in job.output():
+            assert isinstance(ev, OutputLine)
+            got.append(ev)
+            if len(got) == 6:
+                break
+        # Six lines read while the job still sleeps: streaming is live, not at exit.
+        assert job.result is None
+        await job.stop()
+        res = await job.wait()
+    assert [(e.stream, e.data) for e in got] == [
+        (s, f"{name} {i}\n".encode())
+        for i in range(3)
+        for s, name in ((Stream.STDOUT, "out"), (Stream.STDERR, "err"))
+    ]
+    ts = [e.t_ns for e in got]
+    assert ts == sorted(ts) and ts[-1] - ts[0] >= 200_000_000  # five 50 ms sleeps between them
+    assert res.reason is StopReason.STOPPED and res.exit_code is None
+
+
+async def test_merge_stderr_keeps_exact_order(runner: SubprocessRunner) -> None:
+    code = "import sys\nfor i in range(50): print(i, file=(sys.stderr if i % 2 else sys.stdout))"
+    res, events = await run_to_completion(runner, py(code, merge_stderr=True))
+    assert res.ok
+    assert [e.data for e in events if isinstance(e, OutputLine)] == [
+        f"{i}\n".encode() for i in range(50)
+    ]
+
+
+FORK_TREE = """
+import os, sys, time
+
+def hold():
+    os.write(1, b"PID %d\\n" % os.getpid())   # one write: atomic on a pipe, lines never mix
+    time.sleep(300)
+    os._exit(0)
+
+for _ in range(2):                 # children in the job's process group
+    if os.fork() == 0:
+        if os.fork() == 0:         # grandchild that leaves the session and group
+            os.setsid()
+            if os.fork() == 0:     # and its own child
+                hold()
+            hold()
+        hold()
+if os.fork() == 0:                 # classic daemon double fork: the middle process exits
+    os.setsid()
+    if os.fork() == 0:
+        os.environ.pop("RIGMESH_JOB_TOKEN", None)
+        hold()
+    os._exit(0)
+hold()
+"""
+# root + 2 x (child + setsid grandchild + its child) + orphaned daemon = 8 holders
+FORK_TREE_HOLDERS = 8
+
+
+async def _pids_until(job, n: int) -> list[int]:
+    pids: list[int] = []
+    async for ev in job.output():
+        if isinstance(ev, OutputLine) and ev.data.startswith(b"PID "):
+            pids.append(int(ev.data.split()[1]))
+            if len(pids) == n:
+                return pids
+    raise AssertionError(f"job ended after {len(pids)} pids")
+
+
+async def test_stop_kills_whole_tree_including_setsid_escapees(runner: SubprocessRunner) -> None:
+    async with runner.start(py(FORK_TREE)) as job:
+        pids = await _pids_until(job, FORK_TREE_HOLDERS)
+        assert all(alive(p) for p in pids)
+        await trio.sleep(0.1)  # a few polls: the tracker has seen the whole tree
+        await job.stop()
+        res = await job.wait()
+    assert res.reason is StopReason.STOPPED
+    assert res.survivors == 0
+    assert res.killed_processes >= FORK_TREE_HOLDERS
+    assert [p for p in pids if alive(p)] == []
+
+
+async def test_leftovers_killed_after_root_exits(runner: SubprocessRunner) -> None:
+    # The root starts a setsid daemon and exits 0 at once: the job is over, the daemon must go.
+    code = """
+    import os, time
+    if os.fork() == 0:
+        os.setsid()
+        os.write(1, b"PID %d\\n" % os.getpid())
+        time.sleep(300)
+        os._exit(0)
+    time.sleep(0.3)
+    """
+    async with runner.start(py(code)) as job:
+        (pid,) = await _pids_until(job, 1)
+        res = await job.wait()
+    assert res.reason is StopReason.EXITED and res.exit_code == 0
+    assert res.killed_processes >= 1 and res.survivors == 0
+    assert not alive(pid)
+
+
+async def test_leaving_the_scope_kills_the_job(runner: SubprocessRunner) -> None:
+    with trio.move_on_after(10) as scope:
+        async with runner.start(py(FORK_TREE)) as job:
+            pids = await _pids_until(job, FORK_TREE_HOLDERS)
+            scope.cancel()  # e.g. the rental ended: the block is left while the job runs
+            await trio.sleep(10)
+    assert scope.cancelled_caught
+    assert [p for p in pids if alive(p)] == []
+
+
+async def test_timeout(runner: SubprocessRunner) -> None:
+    lim = Limits(wall_clock_s=0.3, poll_interval_s=0.05)
+    res, _ = await run_to_completion(runner, JobSpec(argv=("sleep", "30"), limits=lim))
+    assert res.reason is StopReason.TIMEOUT
+    assert 250 <= res.wall_ms < 5000
+
+
+async def test_memory_limit(runner: SubprocessRunner) -> None:
+    lim = Limits(wall_clock_s=20, memory_bytes=64 << 20, poll_interval_s=0.02)
+    code = """
+    import time
+    chunks = []
+    for _ in range(40):
+        chunks.append(b"x" * (8 << 20))   # touched pages: real RSS
+        time.sleep(0.01)
+    time.sleep(30)
+    """
+    res, _ = await run_to_completion(runner, py(code, limits=lim))
+    assert res.reason is StopReason.MEMORY
+    assert res.peak_rss_bytes > 64 << 20
+
+
+async def test_process_limit(runner: SubprocessRunner) -> None:
+    lim = Limits(wall_clock_s=20, max_processes=5, poll_interval_s=0.02)
+    code = """
+    import os, time
+    for _ in range(12):
+        if os.fork() == 0:
+            time.sleep(30); os._exit(0)
+    time.sleep(30)
+    """
+    res, _ = await run_to_completion(runner, py(code, limits=lim))
+    assert res.reason is StopReason.PROCESSES
+    assert res.peak_processes > 5 and res.survivors == 0
+
+
+async def test_disk_limit_on_working_directory(runner: SubprocessRunner) -> None:
+    # Many files, each below RLIMIT_FSIZE: only the directory poll can catch this.
+    lim = Limits(
+        wall_clock_s=20, max_disk_bytes=8 << 20, max_file_bytes=1 << 20, disk_poll_interval_s=0.05
+    )
+    code = """
+    import time
+    for i in range(64):
+        with open(f"tmp/f{i}", "wb") as f:
+            f.write(b"z" * (512 << 10))
+        time.sleep(0.005)
+    time.sleep(30)
+    """
+    res, _ = await run_to_completion(runner, py(code, limits=lim))
+    assert res.reason is StopReason.DISK
+    assert res.peak_disk_bytes > 8 << 20
+
+
+async def test_single_file_limit_is_rlimit_fsize(runner: SubprocessRunner) -> None:
+    lim = Limits(wall_clock_s=20, max_file_bytes=1 << 20)
+    spec = JobSpec(argv=("dd", "if=/dev/zero", "of=big", "bs=64k", "count=64"), limits=lim)
+    res, _ = await run_to_completion(runner, spec)
+    assert res.reason is StopReason.DISK
+    assert res.signal == 25  # SIGXFSZ
+
+
+async def test_huge_output_is_bounded_and_never_blocks_the_child(
+    runner: SubprocessRunner,
+) -> None:
+    lim = Limits(wall_clock_s=20, output_buffer_bytes=64 << 10, max_line_bytes=4 << 10)
+    code = """
+    import sys
+    line = b"y" * 99 + b"\\n"
+    for _ in range(200_000):          # 20 MB of lines
+        sys.stdout.buffer.write(line)
+    sys.stdout.buffer.write(b"z" * (1 << 20))   # and one 1 MiB line with no newline
+    """
+    async with runner.start(py(code, limits=lim)) as job:
+        res = await job.wait()  # nobody reads while it runs: it must still finish
+        events = [ev async for ev in job.output()]
+    assert res.reason is StopReason.EXITED and res.exit_code == 0
+    assert res.stdout_bytes == 200_000 * 100 + (1 << 20)
+    held = sum(len(e.data) for e in events if isinstance(e, OutputLine))
+    dropped = sum(e.nbytes for e in events if isinstance(e, OutputDropped))
+    assert held <= 64 << 10
+    assert held + dropped == res.stdout_bytes and dropped == res.dropped_bytes
+    assert max(len(e.data) for e in events if isinstance(e, OutputLine)) <= 4 << 10
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../escape", "a/../../b", "a//b", "./a", "", "a\\..\\b", "a/\x00"]
+)
+async def test_hostile_input_paths_refused_before_start(
+    runner: SubprocessRunner, tmp_path, path: str
+) -> None:
+    with pytest.raises(UnsafePathError):
+        async with runner.start(py("print(1)", inputs={path: b"x"})):
+            raise AssertionError("must not start")
+    assert os.listdir(tmp_path) == []  # working directory removed again
+
+
+async def test_input_budget(runner: SubprocessRunner) -> None:
+    lim = Limits(max_input_bytes=10)
+    with pytest.raises(InputTooLargeError):
+        async with runner.start(py("1", inputs={"a": b"x" * 11}, limits=lim)):
+            pass
+
+
+async def test_spec_errors_and_start_errors(runner: SubprocessRunner) -> None:
+    with pytest.raises(JobSpecError):
+        JobSpec(argv=())
+    with pytest.raises(JobSpecError):
+        JobSpec(argv=("true",), env={"CUDA_VISIBLE_DEVICES": "0,1,2,3"})
+    with pytest.raises(JobStartError):
+        async with runner.start(JobSpec(argv=("/nonexistent/binary",))):
+            pass
+
+
+async def test_output_collection_does_not_follow_symlinks(runner: SubprocessRunner) -> None:
+    code = """
+    import os
+    os.symlink("/etc/passwd", "out/passwd")
+    os.symlink("/etc", "out/etcdir")
+    open("out/big", "wb").write(b"b" * 5000)
+    open("out/small", "wb").write(b"s" * 10)
+    """
+    async with runner.start(py(code)) as job:
+        assert (await job.wait()).ok
+        outs = await job.collect_outputs(max_total_bytes=1000)
+    assert outs.files == {"out/small": b"s" * 10}
+    assert outs.truncated
+    assert dict(outs.skipped) == {
+        "out/passwd": "symlink",
+        "out/etcdir": "symlink",
+        "out/big": "byte budget",
+    }
