@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
+from exec_fixtures import FIXTURES
 
 from rigmesh.exec.gpu import ReplayNvml
-
-FIXTURES = Path(__file__).parent / "fixtures"
-H100_UUID = "GPU-3181bf17-40f0-9f37-c27d-cae48cda3f9f"
-H100_NAME = "NVIDIA H100 80GB HBM3"
 
 
 @pytest.fixture
