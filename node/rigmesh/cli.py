@@ -1,0 +1,81 @@
+"""The `rigmesh` command."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from rigmesh.store.keys import KeyStore, KeyStoreError
+from rigmesh.wire import identity
+
+DEFAULT_HOME = Path(os.environ.get("RIGMESH_HOME", Path.home() / ".rigmesh"))
+
+
+def _password(args: argparse.Namespace) -> str:
+    env = os.environ.get("RIGMESH_PASSWORD")
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise SystemExit("rigmesh: set RIGMESH_PASSWORD or run from a terminal to enter it")
+    return getpass.getpass("key store password: ")
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    store = KeyStore(args.home / "keys")
+    try:
+        keys = store.create(_password(args))
+    except KeyStoreError as exc:
+        print(f"rigmesh: {exc}", file=sys.stderr)
+        return 1
+    print(f"peer id  {identity.peer_id_to_text(keys.peer.peer_id)}")
+    print(f"account  0x{keys.account.address.hex()}")
+    return 0
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    try:
+        keys = KeyStore(args.home / "keys").load(_password(args))
+    except KeyStoreError as exc:
+        print(f"rigmesh: {exc}", file=sys.stderr)
+        return 1
+    print(f"peer id  {identity.peer_id_to_text(keys.peer.peer_id)}")
+    print(f"account  0x{keys.account.address.hex()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rigmesh.demo import main as demo_main
+
+    return demo_main()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rigmesh", description=__doc__)
+    p.add_argument("--home", type=Path, default=DEFAULT_HOME, help="node directory (~/.rigmesh)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="the node's encrypted key store")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("init", help="create a peer key and an Ethereum account").set_defaults(
+        func=cmd_keys_init
+    )
+    keys_sub.add_parser("show", help="print the PeerId and account address").set_defaults(
+        func=cmd_keys_show
+    )
+
+    sub.add_parser("demo", help="provider and renter on loopback, end to end").set_defaults(
+        func=cmd_demo
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
