@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {Test} from "./utils/Test.sol";
+import {EscrowDeployer} from "./utils/EscrowDeployer.sol";
 import {IRentalEscrow} from "../src/IRentalEscrow.sol";
 import {RentalEscrow} from "../src/RentalEscrow.sol";
 import {TestStablecoin} from "../src/test-tokens/TestStablecoin.sol";
@@ -188,14 +189,14 @@ contract EscrowHandler is Test {
 
 /// @notice 11. For every token, the escrow's balance equals the sum of free balances plus what open
 /// rentals still hold; no rental ever pays more than its deposit.
-contract RentalEscrowInvariantTest is Test {
+contract RentalEscrowInvariantTest is EscrowDeployer {
     RentalEscrow internal escrow;
     TestStablecoin internal usd;
     EscrowHandler internal handler;
 
     function setUp() public {
         vm.warp(1_700_000_000);
-        escrow = new RentalEscrow(60, 7 days);
+        escrow = _deployEscrow(60, 7 days);
         usd = new TestStablecoin();
         handler = new EscrowHandler(escrow, usd);
         targetContract(address(handler));

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.30;
 
-import {Test} from "./Test.sol";
+import {EscrowDeployer} from "./EscrowDeployer.sol";
 import {IRentalEscrow} from "../../src/IRentalEscrow.sol";
 import {RentalEscrow} from "../../src/RentalEscrow.sol";
 import {TestStablecoin} from "../../src/test-tokens/TestStablecoin.sol";
@@ -9,7 +9,7 @@ import {TestStablecoin} from "../../src/test-tokens/TestStablecoin.sol";
 /// @notice Shared fixture: an escrow, a stablecoin, funded renter, and helpers that build terms
 /// and EIP-712 signatures. Type hashes and the domain are recomputed here from their strings, not
 /// read from the contract, so a wrong constant in the contract fails the tests.
-abstract contract EscrowBase is Test {
+abstract contract EscrowBase is EscrowDeployer {
     uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -46,7 +46,7 @@ abstract contract EscrowBase is Test {
 
     function setUp() public virtual {
         vm.warp(START);
-        escrow = new RentalEscrow(MIN_WINDOW, MAX_WINDOW);
+        escrow = _deployEscrow(MIN_WINDOW, MAX_WINDOW);
         usd = new TestStablecoin();
         renter = vm.addr(RENTER_KEY);
         provider = vm.addr(PROVIDER_KEY);

@@ -20,6 +20,9 @@ interface Vm {
     function addr(uint256 privateKey) external pure returns (address keyAddr);
     function assume(bool condition) external pure;
     function label(address account, string calldata newLabel) external;
+    function projectRoot() external view returns (string memory path);
+    function readFile(string calldata path) external view returns (string memory data);
+    function parseJsonBytes(string calldata json, string calldata key) external pure returns (bytes memory);
     function assertEq(uint256 left, uint256 right, string calldata error) external pure;
     function assertEq(address left, address right, string calldata error) external pure;
     function assertEq(bytes32 left, bytes32 right, string calldata error) external pure;
