@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import cbor2
 import pytest
+import trio
 from exec_fixtures import FIXTURES, H100_NAME, H100_UUID, H100_VRAM_MIB
 
+from rigmesh.exec.runner import JobSpec, Limits, SubprocessRunner
 from rigmesh.exec.telemetry import (
     NvmlSampler,
     SmiSampler,
     TelemetryDecodeError,
     TelemetrySample,
+    run_sampler,
     samples_from_smi_csv,
 )
 
@@ -136,3 +140,35 @@ def test_samples_from_real_smi_csv() -> None:
 async def test_smi_sampler_runs_the_executable(fake_smi: str) -> None:
     (s,) = await SmiSampler(fake_smi, clock_ms=lambda: 7, job_procs=lambda: 1).sample()
     assert s.t_ms == 7 and s.uuid == H100_UUID and s.job_procs == 1
+
+
+async def test_run_sampler_beside_a_running_job(replay_nvml, tmp_path) -> None:
+    """The sampler runs at heartbeat rate beside a real job and reports its process count."""
+    spec = JobSpec(
+        argv=(sys.executable, "-c", "import os, time; os.fork(); time.sleep(30)"),
+        limits=Limits(poll_interval_s=0.02),
+    )
+    got: list[TelemetrySample] = []
+    enough = trio.Event()
+
+    def on_samples(batch: list[TelemetrySample]) -> None:
+        got.extend(batch)
+        replay_nvml.advance()
+        if len(got) >= 6:
+            enough.set()
+
+    async with SubprocessRunner(str(tmp_path)).start(spec) as job:
+        with trio.fail_after(15):
+            while job.live_processes() < 2:  # root and its forked child, seen by the runner
+                await trio.sleep(0.01)
+        sampler = NvmlSampler(replay_nvml, job_procs=job.live_processes)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_sampler, sampler, 0.05, on_samples)
+            with trio.fail_after(15):
+                await enough.wait()
+            nursery.cancel_scope.cancel()
+        await job.stop()
+    assert len(got) >= 6
+    assert all(s.job_procs == 2 for s in got)
+    assert [s.t_ms for s in got] == sorted(s.t_ms for s in got)
+    assert got[-1].t_ms - got[0].t_ms >= 5 * 50  # the grid: one read every 50 ms, not faster

@@ -135,6 +135,7 @@ def collect_outputs(
     skipped: list[tuple[str, str]] = []
     total = 0
     truncated = False
+    stack: list[tuple[int, str]] = []
     try:
         if subdir is None:
             start_fd, prefix = os.dup(root_fd), ""
@@ -145,7 +146,7 @@ def collect_outputs(
             except UnsafePathError:
                 return CollectedOutputs({}, 0, False, ((subdir, "missing or not a directory"),))
             prefix = subdir + "/"
-        stack: list[tuple[int, str]] = [(start_fd, prefix)]
+        stack.append((start_fd, prefix))
         while stack:
             dfd, rel = stack.pop()
             try:

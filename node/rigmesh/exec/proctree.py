@@ -106,6 +106,10 @@ class TreeTracker:
             st = snap.get(pid)
             if st is None or st.start_ticks != start:
                 del self.members[pid]
+        # Session membership only counts while the root's pid is still the root (alive or a
+        # zombie): once it is reaped the number can be reused by an unrelated session leader.
+        root = snap.get(self.root_pid)
+        sid = self.root_pid if root is not None and root.start_ticks == self.root_start else None
         changed = True
         while changed:  # fixed point: a child can be listed before its parent
             changed = False
@@ -113,8 +117,7 @@ class TreeTracker:
                 if st.pid in self.members:
                     continue
                 parent = snap.get(st.ppid)
-                in_session = st.session == self.root_pid
-                if in_session or (parent is not None and self._is_member(parent)):
+                if st.session == sid or (parent is not None and self._is_member(parent)):
                     self.members[st.pid] = st.start_ticks
                     changed = True
         return [snap[p] for p in self.members if p in snap and snap[p].alive]
@@ -143,27 +146,40 @@ def _signal_members(members: Iterable[ProcStat], sig: int) -> None:
 def kill_tree(tracker: TreeTracker, token: bytes | None, *, deadline_s: float = 5.0) -> int:
     """SIGKILL every member of the job until none is left alive. Returns how many were signalled.
 
-    Stop first, then kill: SIGSTOP freezes a fork loop so each rescan finds a closed set, then
-    SIGKILL takes the frozen set down. Rescans until a scan finds no live member or the deadline.
+    Freeze, then kill. SIGSTOP the members and rescan until a scan finds no new member: a child
+    forked just before its parent froze is then still linked to that (stopped, alive) parent, so
+    the scan sees it. Only then SIGKILL the closed set; killing first would orphan such a child
+    to init, out of reach of the parent chain. Repeats until a scan finds nobody alive.
     """
     signalled: set[tuple[int, int]] = set()
     end = time.monotonic() + deadline_s
-    # The root's process group is the bulk of most jobs; one syscall catches all of it.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(tracker.root_pid, signal.SIGSTOP)
-    while True:
+
+    def scan() -> list[ProcStat]:
         snap = snapshot()
-        live = tracker.update(snap)
         if token is not None:
             tracker.add_token_holders(snap, token)
-            live = tracker.update(snap)
-        if not live:
-            return len(signalled)
-        _signal_members(live, signal.SIGSTOP)
-        _signal_members(live, signal.SIGKILL)
+        return tracker.update(snap)
+
+    def send(live: list[ProcStat], sig: int) -> None:
+        # The root's process group is the bulk of most jobs and one killpg reaches all of it,
+        # members forked since the scan included. Only while a verified member is in that
+        # group, so a recycled number never aims the signal at a stranger.
+        if any(st.pgrp == tracker.root_pid for st in live):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(tracker.root_pid, sig)
+        _signal_members(live, sig)
+
+    live = scan()
+    while live:
+        frozen: set[int] = set()
+        while {st.pid for st in live} - frozen and time.monotonic() < end:
+            send(live, signal.SIGSTOP)
+            frozen |= {st.pid for st in live}
+            live = scan()
+        send(live, signal.SIGKILL)
         signalled.update((st.pid, st.start_ticks) for st in live)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(tracker.root_pid, signal.SIGKILL)
         if time.monotonic() > end:
-            return len(signalled)
-        time.sleep(0.005)  # let the kernel finish tearing them down before rescanning
+            break
+        time.sleep(0.002)  # let the kernel finish tearing them down before rescanning
+        live = scan()
+    return len(signalled)

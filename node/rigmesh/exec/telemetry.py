@@ -14,7 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
+
+import trio
 
 from rigmesh.exec.gpu import (
     SMI_QUERY_FIELDS,
@@ -146,6 +148,27 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class TelemetrySource(Protocol):
+    async def read(self) -> list[TelemetrySample]: ...
+
+
+async def run_sampler(
+    source: TelemetrySource,
+    interval_s: float,
+    on_samples: Callable[[list[TelemetrySample]], object],
+) -> None:
+    """Read `source` every `interval_s` on a fixed grid (no drift) until cancelled.
+
+    A slow read delays the next one instead of queueing reads back to back, so a hung
+    nvidia-smi cannot turn into a burst of subprocesses when it recovers.
+    """
+    next_t = trio.current_time()
+    while True:
+        on_samples(await source.read())
+        next_t = max(next_t + interval_s, trio.current_time())
+        await trio.sleep_until(next_t)
+
+
 class NvmlSampler:
     """Reads one TelemetrySample per GPU from an NvmlLike (call `nvml.init()` first, once).
 
@@ -168,6 +191,9 @@ class NvmlSampler:
         self._devs = [(i, h, nvml.uuid(h), nvml.name(h)) for i in idx for h in [nvml.handle(i)]]
         self._clock_ms = clock_ms
         self._job_procs = job_procs
+
+    async def read(self) -> list[TelemetrySample]:
+        return self.sample()
 
     def sample(self) -> list[TelemetrySample]:
         t = self._clock_ms()
@@ -243,6 +269,9 @@ class SmiSampler:
         self._clock_ms = clock_ms
         self._job_procs = job_procs
         self._timeout_s = timeout_s
+
+    async def read(self) -> list[TelemetrySample]:
+        return await self.sample()
 
     async def sample(self) -> list[TelemetrySample]:
         text = await run_smi(
