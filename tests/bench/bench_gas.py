@@ -65,8 +65,9 @@ def anvil(*extra_args: str) -> Iterator[Web3]:
     if not ANVIL.exists():
         raise SystemExit(f"{ANVIL} is missing: run `cd contracts && npm ci` first")
     port = free_port()
+    args = [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent"]
     proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent", "--hardfork", "prague", *extra_args],
+        [*args, "--hardfork", "prague", *extra_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -104,7 +105,8 @@ class Bench:
         self.signer = EthKey(b"\x51" * 32)
         self.escrow = self.deploy("RentalEscrow", MIN_WINDOW, MAX_WINDOW)
         self.usd = self.deploy("TestStablecoin")
-        self.domain = escrow_domain_separator(w3.eth.chain_id, bytes.fromhex(self.escrow.address[2:]))
+        escrow_address = bytes.fromhex(self.escrow.address[2:])
+        self.domain = escrow_domain_separator(w3.eth.chain_id, escrow_address)
         self.agreements = 0
 
     def deploy(self, name: str, *args: Any) -> Contract:
@@ -241,8 +243,10 @@ def main() -> int:
     for name, gas in ANCHORS:
         print(f"anchor: {name:42s} {gas}")
     eth = results["ETH"]
-    print(f"ours (ETH): open + settle {eth['open+settle']:,}; open + claim + settle "
-          f"{eth['open'] + eth['claim'] + eth['settle']:,}")
+    print(
+        f"ours (ETH): open + settle {eth['open+settle']:,}; open + claim + settle "
+        f"{eth['open'] + eth['claim'] + eth['settle']:,}"
+    )
     return 1 if misses else 0
 
 
