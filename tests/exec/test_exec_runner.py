@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import trio
 
+from rigmesh.exec import proctree
 from rigmesh.exec.outbuf import OutputDropped, OutputLine, Stream
 from rigmesh.exec.paths import InputTooLargeError, UnsafePathError
 from rigmesh.exec.proctree import read_stat
@@ -40,6 +41,16 @@ def alive(pid: int) -> bool:
 @pytest.fixture
 def runner(tmp_path) -> SubprocessRunner:
     return SubprocessRunner(str(tmp_path))
+
+
+@pytest.fixture(params=["children-walk", "full-scan"])
+def tree_mode(request, monkeypatch) -> str:
+    """Kill tests run twice: walking children files, and the fallback for kernels without them."""
+    if request.param == "full-scan":
+        monkeypatch.setattr(proctree, "HAVE_CHILDREN_FILES", False)
+    elif not proctree.HAVE_CHILDREN_FILES:
+        pytest.skip("kernel has no /proc/<pid>/task/<tid>/children")
+    return request.param
 
 
 async def test_exit_code_env_inputs_and_outputs(runner: SubprocessRunner) -> None:
@@ -160,7 +171,9 @@ async def _pids_until(job, n: int) -> list[int]:
     raise AssertionError(f"job ended after {len(pids)} pids")
 
 
-async def test_stop_kills_whole_tree_including_setsid_escapees(runner: SubprocessRunner) -> None:
+async def test_stop_kills_whole_tree_including_setsid_escapees(
+    runner: SubprocessRunner, tree_mode: str
+) -> None:
     async with runner.start(py(FORK_TREE)) as job:
         pids = await _pids_until(job, FORK_TREE_HOLDERS)
         assert all(alive(p) for p in pids)
@@ -173,7 +186,7 @@ async def test_stop_kills_whole_tree_including_setsid_escapees(runner: Subproces
     assert [p for p in pids if alive(p)] == []
 
 
-async def test_leftovers_killed_after_root_exits(runner: SubprocessRunner) -> None:
+async def test_leftovers_killed_after_root_exits(runner: SubprocessRunner, tree_mode: str) -> None:
     # The root starts a setsid daemon and exits 0 at once: the job is over, the daemon must go.
     code = """
     import os, time
@@ -350,7 +363,9 @@ def token_holders(token: bytes) -> list[int]:
     return found
 
 
-async def test_runaway_forking_daemons_are_all_killed(runner: SubprocessRunner) -> None:
+async def test_runaway_forking_daemons_are_all_killed(
+    runner: SubprocessRunner, tree_mode: str
+) -> None:
     # Every process keeps spawning setsid children and the parents exit: a moving target that
     # outruns the parent chain. Nothing carrying the job's token may survive the stop.
     code = """

@@ -87,7 +87,7 @@ class Limits:
     max_input_bytes: int = 1 * GiB
     output_buffer_bytes: int = 1 * MiB  # unread stdout+stderr held for the consumer
     max_line_bytes: int = 64 * 1024
-    poll_interval_s: float = 0.1  # process tree and memory
+    poll_interval_s: float = 0.25  # process tree and memory
     disk_poll_interval_s: float = 1.0  # a directory walk costs more than a /proc scan
 
     def __post_init__(self) -> None:
@@ -283,15 +283,19 @@ class SubprocessJob:
             if self._open_pumps == 0:
                 self._pumps_finished.set()
 
-    async def _run(self, proc: trio.Process, task_status: trio.TaskStatus[None]) -> None:
+    async def _run(
+        self, proc: trio.Process, baseline: dict[int, int], task_status: trio.TaskStatus[None]
+    ) -> None:
         # Shielded: outside cancellation must not interrupt the kill-and-account sequence. The
         # supervisor still always ends, because the owner's exit path sets _stop_requested.
         with trio.CancelScope(shield=True):
-            await self._supervise(proc, task_status)
+            await self._supervise(proc, baseline, task_status)
 
-    async def _supervise(self, proc: trio.Process, task_status: trio.TaskStatus[None]) -> None:
+    async def _supervise(
+        self, proc: trio.Process, baseline: dict[int, int], task_status: trio.TaskStatus[None]
+    ) -> None:
         lim = self.spec.limits
-        tracker = proctree.TreeTracker.for_root(proc.pid)
+        tracker = proctree.TreeTracker(proc.pid, self._token.encode(), baseline)
         peak_rss = peak_procs = peak_disk = 0
         reason: StopReason | None = None
         t0 = time.monotonic()
@@ -320,7 +324,9 @@ class SubprocessJob:
                     async def poll_tree() -> None:
                         nonlocal reason, peak_rss, peak_procs
                         while True:
-                            live = tracker.update(proctree.snapshot())
+                            # In a worker thread: a job with hundreds of threads costs a
+                            # few ms to walk, which the event loop should not stall for.
+                            live = await trio.to_thread.run_sync(tracker.poll)
                             self._live = len(live)
                             rss = sum(st.rss_bytes for st in live)
                             peak_rss, peak_procs = max(peak_rss, rss), max(peak_procs, len(live))
@@ -358,10 +364,9 @@ class SubprocessJob:
             # Kill whatever is left, even after a clean exit: a job is its whole tree, and
             # daemonized leftovers must not outlive the rental. Shielded: this must finish.
             with trio.CancelScope(shield=True):
-                token = self._token.encode()
-                killed = await trio.to_thread.run_sync(proctree.kill_tree, tracker, token)
+                killed = await trio.to_thread.run_sync(proctree.kill_tree, tracker)
                 await proc.wait()
-                survivors = len(tracker.update(proctree.snapshot()))
+                survivors = len(await trio.to_thread.run_sync(tracker.poll))
                 # A process that escaped every net (should not happen) could hold our pipes open
                 # forever; give the pumps a moment to drain, then close the pipes.
                 with trio.move_on_after(1.0):
@@ -423,6 +428,8 @@ class SubprocessRunner:
                 os.makedirs(os.path.join(workdir, d), exist_ok=True)
             token = secrets.token_hex(16)
             job = SubprocessJob(spec, workdir, token)
+            # Every process that exists now is not ours: the kill-time token net skips them.
+            baseline = await trio.to_thread.run_sync(proctree.listing)
             job._start_ns = time.monotonic_ns()
             try:
                 proc = await trio.lowlevel.open_process(
@@ -440,7 +447,7 @@ class SubprocessRunner:
                 raise JobStartError(f"cannot start {spec.argv[0]!r}: {e}") from e
             try:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(job._run, proc)
+                    await nursery.start(job._run, proc, baseline)
                     try:
                         yield job
                     finally:
