@@ -61,7 +61,7 @@ from rigmesh.p2p.network import (
     Verdict,
 )
 from rigmesh.wire.cid import message_cid_bytes
-from rigmesh.wire.errors import Timeout, WireError
+from rigmesh.wire.errors import Timeout, UnknownProtocol, WireError
 from rigmesh.wire.identity import PeerKey, peer_id_to_text
 
 log = logging.getLogger(__name__)
@@ -301,6 +301,12 @@ class Libp2pNetwork:
             with trio.fail_after(timeout):
                 try:
                     stream = await self.host.new_stream(ID(peer), [TProtocol(protocol)])
+                except Exception as exc:
+                    # multistream-select answered "na": the peer does not speak it.
+                    if _not_supported(exc):
+                        raise UnknownProtocol(protocol) from None
+                    raise NetworkError(f"{protocol} to {peer_id_to_text(peer)}: {exc!r}") from None
+                try:
                     await stream.write(framing.frame(data))
                     response = await framing.read_frame(stream, max_response)
                 except WireError:
@@ -314,6 +320,17 @@ class Libp2pNetwork:
         with contextlib.suppress(Exception):
             await stream.close()  # type: ignore[union-attr]
         return framing.raise_if_error(response)
+
+
+def _not_supported(exc: BaseException | None) -> bool:
+    """py-libp2p wraps the multistream-select refusal in StreamFailure; look down the chain."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if "not supported" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 async def _reset(stream: INetStream) -> None:
