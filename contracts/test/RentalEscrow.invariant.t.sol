@@ -87,9 +87,14 @@ contract EscrowHandler is Test {
         calls++;
     }
 
-    function open(uint256 renterSeed, uint256 providerSeed, uint256 tokenSeed, uint256 dep, uint256 price, uint64 maxSeconds)
-        external
-    {
+    function open(
+        uint256 renterSeed,
+        uint256 providerSeed,
+        uint256 tokenSeed,
+        uint256 dep,
+        uint256 price,
+        uint64 maxSeconds
+    ) external {
         uint256 ri = renterSeed % actors.length;
         address who = actors[ri];
         address token = tokens[tokenSeed % tokens.length];
@@ -129,7 +134,7 @@ contract EscrowHandler is Test {
         if (rentalIds.length == 0) return;
         uint256 i = rentalSeed % rentalIds.length;
         IRentalEscrow.Terms memory t = _rentals[i];
-        (IRentalEscrow.Status st, , , uint64 openedAt, ) = escrow.rentalState(rentalIds[i]);
+        (IRentalEscrow.Status st,,, uint64 openedAt,) = escrow.rentalState(rentalIds[i]);
         if (st != IRentalEscrow.Status.Open) return;
         uptime = bound(uptime, 0, block.timestamp - openedAt);
         amount = bound(amount, 0, t.pricePerSecond * uptime);
@@ -143,8 +148,9 @@ contract EscrowHandler is Test {
             );
             bytes32 structHash =
                 keccak256(abi.encode(RECEIPT_TYPEHASH, r.rentalId, r.seq, r.uptimeSeconds, r.amount, r.evidence));
-            (uint8 v, bytes32 rr, bytes32 s) =
-                vm.sign(_signerKeys[_renterIndex(t.renter)], keccak256(abi.encodePacked("\x19\x01", domain, structHash)));
+            (uint8 v, bytes32 rr, bytes32 s) = vm.sign(
+                _signerKeys[_renterIndex(t.renter)], keccak256(abi.encodePacked("\x19\x01", domain, structHash))
+            );
             sig = abi.encodePacked(rr, s, v);
         }
         vm.prank(t.provider);
@@ -209,7 +215,7 @@ contract RentalEscrowInvariantTest is EscrowDeployer {
         for (uint256 i = 0; i < handler.rentalCount(); i++) {
             IRentalEscrow.Terms memory t = handler.rental(i);
             if (t.token != token) continue;
-            (IRentalEscrow.Status st, uint256 dep, uint256 paid, , ) = escrow.rentalState(handler.rentalIds(i));
+            (IRentalEscrow.Status st, uint256 dep, uint256 paid,,) = escrow.rentalState(handler.rentalIds(i));
             if (st == IRentalEscrow.Status.Open) total += dep - paid;
         }
     }

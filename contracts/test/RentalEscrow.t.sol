@@ -27,9 +27,7 @@ contract RentalEscrowTest is EscrowBase {
         IRentalEscrow.Terms memory t = _ethTerms();
         bytes32 id = _termsHash(t);
         vm.expectEmit(address(escrow));
-        emit IRentalEscrow.Opened(
-            id, renter, provider, ETH, DEPOSIT, PRICE, MAX_SECONDS, WINDOW, signer, t.agreementId
-        );
+        emit IRentalEscrow.Opened(id, renter, provider, ETH, DEPOSIT, PRICE, MAX_SECONDS, WINDOW, signer, t.agreementId);
         vm.assertEq(_open(t), id, "returned id");
         (IRentalEscrow.Status st, uint256 dep, uint256 paid, uint64 openedAt, uint64 deadline) = _state(id);
         vm.assertTrue(st == IRentalEscrow.Status.Open, "open");
@@ -173,7 +171,8 @@ contract RentalEscrowTest is EscrowBase {
         vm.warp(START + 100);
         IRentalEscrow.Receipt memory r = _receipt(id, 1, 100, 100 * PRICE);
 
-        bytes memory otherChain = _sign(SIGNER_KEY, _digest(_domain(address(escrow), block.chainid + 1), _receiptHash(r)));
+        bytes memory otherChain =
+            _sign(SIGNER_KEY, _digest(_domain(address(escrow), block.chainid + 1), _receiptHash(r)));
         vm.expectRevert(IRentalEscrow.InvalidSignature.selector);
         vm.prank(provider);
         escrow.claim(t, r, otherChain);
@@ -383,7 +382,7 @@ contract RentalEscrowTest is EscrowBase {
         emit IRentalEscrow.ToppedUp(id, 5, DEPOSIT + 5);
         vm.prank(renter);
         escrow.topUp(t, 5);
-        (, uint256 dep, , , ) = _state(id);
+        (, uint256 dep,,,) = _state(id);
         vm.assertEq(dep, DEPOSIT + 5, "deposit grew");
         vm.assertEq(escrow.balanceOf(ETH, renter), 100 ether - DEPOSIT - 5, "renter debited");
 
@@ -395,9 +394,7 @@ contract RentalEscrowTest is EscrowBase {
         vm.prank(renter);
         escrow.topUp(t, tooMuch);
         uint256 free = escrow.balanceOf(ETH, renter);
-        vm.expectRevert(
-            abi.encodeWithSelector(IRentalEscrow.InsufficientBalance.selector, ETH, renter, free + 1, free)
-        );
+        vm.expectRevert(abi.encodeWithSelector(IRentalEscrow.InsufficientBalance.selector, ETH, renter, free + 1, free));
         vm.prank(renter);
         escrow.topUp(t, free + 1);
 

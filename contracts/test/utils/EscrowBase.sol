@@ -107,9 +107,7 @@ abstract contract EscrowBase is EscrowDeployer {
     }
 
     function _domain(address verifying, uint256 chainId) internal pure returns (bytes32) {
-        return keccak256(
-            abi.encode(DOMAIN_TYPEHASH, keccak256("Rigmesh Escrow"), keccak256("1"), chainId, verifying)
-        );
+        return keccak256(abi.encode(DOMAIN_TYPEHASH, keccak256("Rigmesh Escrow"), keccak256("1"), chainId, verifying));
     }
 
     function _digest(bytes32 domain, bytes32 structHash) internal pure returns (bytes32) {
@@ -158,14 +156,14 @@ abstract contract EscrowBase is EscrowDeployer {
     }
 
     function _paid(bytes32 id) internal view returns (uint256 paid) {
-        (, , paid, , ) = escrow.rentalState(id);
+        (,, paid,,) = escrow.rentalState(id);
     }
 
     function _status(bytes32 id) internal view returns (IRentalEscrow.Status status) {
-        (status, , , , ) = escrow.rentalState(id);
+        (status,,,,) = escrow.rentalState(id);
     }
 
     function _deadline(bytes32 id) internal view returns (uint64 deadline) {
-        (, , , , deadline) = escrow.rentalState(id);
+        (,,,, deadline) = escrow.rentalState(id);
     }
 }
