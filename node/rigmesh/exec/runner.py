@@ -364,9 +364,13 @@ class SubprocessJob:
             # Kill whatever is left, even after a clean exit: a job is its whole tree, and
             # daemonized leftovers must not outlive the rental. Shielded: this must finish.
             with trio.CancelScope(shield=True):
-                killed = await trio.to_thread.run_sync(proctree.kill_tree, tracker)
+
+                def kill_and_recount() -> tuple[int, int]:
+                    n = proctree.kill_tree(tracker)
+                    return n, len(tracker.poll())
+
+                killed, survivors = await trio.to_thread.run_sync(kill_and_recount)
                 await proc.wait()
-                survivors = len(await trio.to_thread.run_sync(tracker.poll))
                 # A process that escaped every net (should not happen) could hold our pipes open
                 # forever; give the pumps a moment to drain, then close the pipes.
                 with trio.move_on_after(1.0):
@@ -415,21 +419,25 @@ class SubprocessRunner:
     async def start(self, spec: JobSpec) -> AsyncIterator[SubprocessJob]:
         lim = spec.limits
         workdir = tempfile.mkdtemp(prefix="rigmesh-job-", dir=self.base_dir)
-        try:
-            await trio.to_thread.run_sync(
-                lambda: write_inputs(
-                    workdir,
-                    spec.inputs,
-                    max_files=lim.max_input_files,
-                    max_total_bytes=lim.max_input_bytes,
-                )
+
+        def prepare() -> dict[int, int]:
+            # One thread hop for all start-up file work: on a loaded host each hop costs a
+            # scheduler wake-up, and start-up latency is mostly hops.
+            write_inputs(
+                workdir,
+                spec.inputs,
+                max_files=lim.max_input_files,
+                max_total_bytes=lim.max_input_bytes,
             )
             for d in ("tmp", "out"):
                 os.makedirs(os.path.join(workdir, d), exist_ok=True)
+            # Every process that exists now is not ours: the kill-time token net skips them.
+            return proctree.listing()
+
+        try:
+            baseline = await trio.to_thread.run_sync(prepare)
             token = secrets.token_hex(16)
             job = SubprocessJob(spec, workdir, token)
-            # Every process that exists now is not ours: the kill-time token net skips them.
-            baseline = await trio.to_thread.run_sync(proctree.listing)
             job._start_ns = time.monotonic_ns()
             try:
                 proc = await trio.lowlevel.open_process(
