@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+
+import pynvml
 import pytest
 from exec_fixtures import FIXTURES, H100_NAME, H100_UUID
 
@@ -18,6 +21,7 @@ from rigmesh.exec.gpu import (
     probe_nvml,
     probe_smi,
 )
+from rigmesh.exec.telemetry import NvmlSampler
 
 
 def test_probe_nvml_reads_offer_fields(replay_nvml) -> None:
@@ -133,3 +137,94 @@ def test_real_pynvml_adapter_raises_typed_error_without_driver() -> None:
         assert probe_nvml(nv).count >= 1
     finally:
         nv.shutdown()
+
+
+class CaptureBackedPynvml:
+    """The pynvml module's call surface, answering from the H100 capture (no driver here).
+
+    Used only to test PynvmlAdapter's translation layer: real pynvml error classes, real
+    NOT_SUPPORTED semantics (the capture has no memory clock), bytes-vs-str names.
+    """
+
+    def __init__(self, replay) -> None:
+        self._r = replay
+        self.NVMLError = pynvml.NVMLError
+        self.NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
+        self.NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+        self.NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+        self.NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
+        self._ns = types.SimpleNamespace
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlSystemGetDriverVersion(self) -> bytes:
+        return self._r.driver_version().encode()  # older pynvml returned bytes
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return self._r.cuda_driver_version()
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> object:
+        return ("handle", i)
+
+    def nvmlDeviceGetName(self, h: object) -> str:
+        return self._r.name(0)
+
+    def nvmlDeviceGetUUID(self, h: object) -> str:
+        return self._r.uuid(0)
+
+    def nvmlDeviceGetPciInfo(self, h: object) -> object:
+        return self._ns(busId=self._r.pci_bus_id(0).encode())
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: object) -> tuple[int, int]:
+        return self._r.compute_capability(0)
+
+    def nvmlDeviceGetMemoryInfo(self, h: object) -> object:
+        total, used = self._r.memory_bytes(0)
+        return self._ns(total=total, used=used, free=total - used)
+
+    def nvmlDeviceGetUtilizationRates(self, h: object) -> object:
+        g, m = self._r.utilization_pct(0)
+        return self._ns(gpu=g, memory=m)
+
+    def nvmlDeviceGetTemperature(self, h: object, sensor: int) -> int:
+        return self._r.temperature_c(0)
+
+    def nvmlDeviceGetPowerUsage(self, h: object) -> int:
+        return self._r.power_mw(0)
+
+    def nvmlDeviceGetClockInfo(self, h: object, kind: int) -> int:
+        sm, mem = self._r.clocks_mhz(0)
+        v = sm if kind == self.NVML_CLOCK_SM else mem
+        if v is None:
+            raise self.NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+        return v
+
+
+def test_pynvml_adapter_translation(replay_nvml) -> None:
+    nv = PynvmlAdapter()
+    nv._n = CaptureBackedPynvml(replay_nvml)  # type: ignore[assignment]
+    assert probe_nvml(nv) == probe_nvml(replay_nvml)
+    replay_nvml.seek(30)  # under load
+    (s,) = NvmlSampler(nv, clock_ms=lambda: 1).sample()
+    assert s.util_gpu_pct == 100 and s.power_mw > 600_000
+    assert s.mem_clock_mhz is None  # NOT_SUPPORTED -> None, not an exception
+
+
+def test_pynvml_adapter_other_errors_are_typed(replay_nvml) -> None:
+    fake = CaptureBackedPynvml(replay_nvml)
+
+    def lost(h: object) -> object:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    fake.nvmlDeviceGetMemoryInfo = lost  # type: ignore[method-assign]
+    nv = PynvmlAdapter()
+    nv._n = fake  # type: ignore[assignment]
+    with pytest.raises(NvmlError):
+        nv.memory_bytes(nv.handle(0))
