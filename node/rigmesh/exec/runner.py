@@ -169,6 +169,13 @@ def _make_preexec(limits: Limits) -> Callable[[], None]:
         rl.append((resource.RLIMIT_FSIZE, limits.max_file_bytes))
     if limits.address_space_bytes is not None:
         rl.append((resource.RLIMIT_AS, limits.address_space_bytes))
+    # An unprivileged node cannot raise a hard limit: never ask for more than it has, or the
+    # spawn would fail inside the child.
+    clamped = []
+    for res, val in rl:
+        hard = resource.getrlimit(res)[1]
+        clamped.append((res, val if hard == resource.RLIM_INFINITY else min(val, hard)))
+    rl = clamped
     setrlimit, prctl = resource.setrlimit, _PRCTL
 
     # Runs in the child between fork and exec: no imports, no locks, no logging. Subreaper: when a
