@@ -20,6 +20,7 @@ from rigmesh.exec.runner import (
     Limits,
     StopReason,
     SubprocessRunner,
+    reap_stale_jobs,
     run_to_completion,
 )
 
@@ -350,7 +351,7 @@ async def test_output_collection_does_not_follow_symlinks(runner: SubprocessRunn
 
 
 def token_holders(token: bytes) -> list[int]:
-    needle = b"RIGMESH_JOB_TOKEN=" + token
+    needle = b"RIGMESH_JOB_TOKEN=" + token if b"." in token else b"." + token
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit() and alive(int(name)):
@@ -394,3 +395,34 @@ async def test_runaway_forking_daemons_are_all_killed(
     assert res.reason is StopReason.STOPPED and res.survivors == 0
     await trio.sleep(0.05)
     assert token_holders(token) == []
+
+
+async def test_reap_stale_jobs_after_a_node_crash(tmp_path) -> None:
+    # A job tree started by a previous run of this node (simulated: spawned directly, with the
+    # token layout the runner uses), plus one of another node on the same host.
+    rid = f"test{os.getpid()}"
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(60)"
+    mine = await trio.lowlevel.open_process(
+        [PY, "-c", code], env={**os.environ, "RIGMESH_JOB_TOKEN": f"{rid}.aaaa"}
+    )
+    kept = await trio.lowlevel.open_process(
+        [PY, "-c", code], env={**os.environ, "RIGMESH_JOB_TOKEN": f"{rid}.bbbb"}
+    )
+    other = await trio.lowlevel.open_process(
+        [PY, "-c", code], env={**os.environ, "RIGMESH_JOB_TOKEN": f"x{rid}.cccc"}
+    )
+    try:
+        await trio.sleep(0.5)  # let each fork its child
+        killed = await trio.to_thread.run_sync(
+            lambda: reap_stale_jobs(rid, keep=frozenset({f"{rid}.bbbb"}))
+        )
+        assert killed == 2  # the root and its setsid child
+        with trio.fail_after(5):
+            await mine.wait()
+        assert kept.returncode is None and other.returncode is None
+        assert token_holders(b"aaaa") == []
+    finally:
+        for p in (mine, kept, other):
+            p.kill()
+        reap_stale_jobs(rid)
+        reap_stale_jobs(f"x{rid}")

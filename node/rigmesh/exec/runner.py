@@ -208,7 +208,7 @@ class SubprocessJob:
     """A running (or finished) job under SubprocessRunner. Use through the `Job` Protocol."""
 
     def __init__(self, spec: JobSpec, workdir: str, token: str) -> None:
-        self.job_id = token[:16]
+        self.job_id = token.rsplit(".", 1)[-1][:16]
         self.workdir = workdir
         self.spec = spec
         self._token = token
@@ -418,9 +418,20 @@ class SubprocessJob:
 class SubprocessRunner:
     """Runs jobs as plain subprocesses. See README.md in this package for what that isolates."""
 
-    def __init__(self, base_dir: str | None = None, *, keep_workdirs: bool = False) -> None:
+    def __init__(
+        self,
+        base_dir: str | None = None,
+        *,
+        keep_workdirs: bool = False,
+        runner_id: str = "",
+    ) -> None:
+        """`runner_id`, stable across restarts of one node (e.g. from its PeerId), prefixes each
+        job's token so `reap_stale_jobs` after a crash kills this node's leftovers only."""
+        if not all(c.isalnum() or c in "-_" for c in runner_id):
+            raise JobSpecError("runner_id: letters, digits, '-' and '_' only")
         self.base_dir = base_dir
         self.keep_workdirs = keep_workdirs
+        self.runner_id = runner_id
 
     @contextlib.asynccontextmanager
     async def start(self, spec: JobSpec) -> AsyncIterator[SubprocessJob]:
@@ -443,7 +454,7 @@ class SubprocessRunner:
 
         try:
             baseline = await trio.to_thread.run_sync(prepare)
-            token = secrets.token_hex(16)
+            token = f"{self.runner_id}.{secrets.token_hex(16)}"
             job = SubprocessJob(spec, workdir, token)
             job._start_ns = time.monotonic_ns()
             try:
@@ -490,3 +501,36 @@ async def run_to_completion(runner: Runner, spec: JobSpec) -> tuple[JobResult, l
         async for ev in job.output():
             events.append(ev)
         return await job.wait(), events
+
+
+def reap_stale_jobs(runner_id: str, keep: frozenset[str] = frozenset()) -> int:
+    """Kill job trees left by an earlier run of this node (it crashed or was SIGKILLed).
+
+    A job outlives a dead node (no parent-death signal: trio spawns from worker threads), and a
+    restarted node cannot reattach to its pipes, so its leftovers are killed: every process whose
+    RIGMESH_JOB_TOKEN starts with `runner_id.` and is not in `keep`. Reads every process's
+    environment once, so call it at start-up, not in a loop. Returns how many were killed.
+    """
+    prefix = f"{TOKEN_ENV}={runner_id}.".encode()
+    me = os.getpid()
+    victims: dict[bytes, list[int]] = {}
+    for pid in proctree.listing():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read(1 << 20)
+        except OSError:
+            continue
+        for var in env.split(b"\0"):
+            if var.startswith(prefix):
+                token = var.split(b"=", 1)[1]
+                if token.decode(errors="replace") not in keep:
+                    victims.setdefault(token, []).append(pid)
+                break
+    killed = 0
+    for token, pids in victims.items():
+        for pid in pids:  # each process is a root for the tree walk: its children die with it
+            tracker = proctree.TreeTracker(pid, token)
+            killed += proctree.kill_tree(tracker)
+    return killed
