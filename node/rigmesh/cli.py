@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from rigmesh.store.keys import KeyStore, KeyStoreError
+from rigmesh.store.keys import FAST, STANDARD, KeyStore, KeyStoreError
 from rigmesh.wire import identity
 
 DEFAULT_HOME = Path(os.environ.get("RIGMESH_HOME", Path.home() / ".rigmesh"))
@@ -26,7 +26,7 @@ def _password(args: argparse.Namespace) -> str:
 def cmd_keys_init(args: argparse.Namespace) -> int:
     store = KeyStore(args.home / "keys")
     try:
-        keys = store.create(_password(args))
+        keys = store.create(_password(args), cost=FAST if args.light_kdf else STANDARD)
     except KeyStoreError as exc:
         print(f"rigmesh: {exc}", file=sys.stderr)
         return 1
@@ -59,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="the node's encrypted key store")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    keys_sub.add_parser("init", help="create a peer key and an Ethereum account").set_defaults(
-        func=cmd_keys_init
+    init = keys_sub.add_parser("init", help="create a peer key and an Ethereum account")
+    init.add_argument(
+        "--light-kdf", action="store_true",
+        help="cheap key derivation, for throwaway test and demo keys only (like geth's)",
     )
+    init.set_defaults(func=cmd_keys_init)
     keys_sub.add_parser("show", help="print the PeerId and account address").set_defaults(
         func=cmd_keys_show
     )
