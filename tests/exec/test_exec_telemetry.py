@@ -10,6 +10,8 @@ import pytest
 import trio
 from exec_fixtures import FIXTURES, H100_NAME, H100_UUID, H100_VRAM_MIB
 
+from rigmesh.exec.evidence import Finding, RentedGpus, check_window
+from rigmesh.exec.gpu import NvmlError, ReplayNvml
 from rigmesh.exec.runner import JobSpec, Limits, SubprocessRunner
 from rigmesh.exec.telemetry import (
     NvmlSampler,
@@ -172,3 +174,33 @@ async def test_run_sampler_beside_a_running_job(replay_nvml, tmp_path) -> None:
     assert all(s.job_procs == 2 for s in got)
     assert [s.t_ms for s in got] == sorted(s.t_ms for s in got)
     assert got[-1].t_ms - got[0].t_ms >= 5 * 50  # the grid: one read every 50 ms, not faster
+
+
+class LostGpu(ReplayNvml):
+    """The capture, until the GPU falls off the bus (NVML answers GPU_IS_LOST)."""
+
+    lost = False
+
+    def memory_bytes(self, h: object) -> tuple[int, int]:
+        if self.lost:
+            raise NvmlError("GPU is lost")
+        return super().memory_bytes(h)
+
+
+async def test_lost_gpu_is_a_missing_sample_not_a_crash() -> None:
+    nv = LostGpu.from_file(str(FIXTURES / "nvml-h100.json"))
+    sampler = NvmlSampler(nv, clock_ms=lambda: 1_000)
+    assert len(await sampler.read()) == 1
+    nv.lost = True
+    assert await sampler.read() == [] and "GPU is lost" in sampler.errors[0]
+    with pytest.raises(NvmlError):
+        sampler.sample()  # the strict path raises
+    rented = RentedGpus(H100_NAME, H100_VRAM_MIB, uuids=(H100_UUID,))
+    assert check_window([], rented, 2_000).has(Finding.NO_SAMPLES)
+
+
+async def test_failing_smi_is_no_samples(fake_smi: str, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_SMI_FAIL", "1")
+    sampler = SmiSampler(fake_smi)
+    assert await sampler.read() == []
+    assert "CalledProcessError" in sampler.errors[0]

@@ -11,6 +11,7 @@ is unusable (a subprocess, tens of milliseconds).
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -21,7 +22,9 @@ import trio
 from rigmesh.exec.gpu import (
     SMI_QUERY_FIELDS,
     MiB,
+    NvmlError,
     NvmlLike,
+    SmiParseError,
     leading_int,
     milli_units,
     parse_smi_csv,
@@ -191,18 +194,32 @@ class NvmlSampler:
         self._devs = [(i, h, nvml.uuid(h), nvml.name(h)) for i in idx for h in [nvml.handle(i)]]
         self._clock_ms = clock_ms
         self._job_procs = job_procs
+        self.errors: list[str] = []  # why GPUs were left out of the last read()
 
     async def read(self) -> list[TelemetrySample]:
-        return self.sample()
+        """Heartbeat path: a GPU whose readings fail is left out (see `errors`), not fatal.
 
-    def sample(self) -> list[TelemetrySample]:
+        An absent sample is itself the evidence: the renter's checker reports the GPU missing.
+        """
+        return self.sample(strict=False)
+
+    def sample(self, *, strict: bool = True) -> list[TelemetrySample]:
+        """One sample per GPU. strict: an NVML failure raises NvmlError instead of skipping."""
         t = self._clock_ms()
         jp = None if self._job_procs is None else self._job_procs()
         out = []
+        self.errors = []
         for i, h, uuid, name in self._devs:
-            total, used = self._nvml.memory_bytes(h)
-            util = self._nvml.utilization_pct(h)
-            sm, mem = self._nvml.clocks_mhz(h)
+            try:
+                total, used = self._nvml.memory_bytes(h)
+                util = self._nvml.utilization_pct(h)
+                sm, mem = self._nvml.clocks_mhz(h)
+                temp, power = self._nvml.temperature_c(h), self._nvml.power_mw(h)
+            except NvmlError as e:  # e.g. GPU_IS_LOST: fell off the bus, Xid 79
+                if strict:
+                    raise
+                self.errors.append(f"{uuid}: {e}")
+                continue
             out.append(
                 TelemetrySample(
                     t_ms=t,
@@ -213,8 +230,8 @@ class NvmlSampler:
                     mem_used_mib=used // MiB,
                     util_gpu_pct=None if util is None else util[0],
                     util_mem_pct=None if util is None else util[1],
-                    temp_c=self._nvml.temperature_c(h),
-                    power_mw=self._nvml.power_mw(h),
+                    temp_c=temp,
+                    power_mw=power,
                     sm_clock_mhz=sm,
                     mem_clock_mhz=mem,
                     job_procs=jp,
@@ -269,9 +286,16 @@ class SmiSampler:
         self._clock_ms = clock_ms
         self._job_procs = job_procs
         self._timeout_s = timeout_s
+        self.errors: list[str] = []  # why the last read() returned nothing
 
     async def read(self) -> list[TelemetrySample]:
-        return await self.sample()
+        """Heartbeat path: a failed or hung nvidia-smi yields no samples (see `errors`)."""
+        self.errors = []
+        try:
+            return await self.sample()
+        except (OSError, subprocess.CalledProcessError, trio.TooSlowError, SmiParseError) as e:
+            self.errors.append(f"nvidia-smi: {type(e).__name__}: {e}")
+            return []
 
     async def sample(self) -> list[TelemetrySample]:
         text = await run_smi(
