@@ -1,0 +1,91 @@
+"""Offer factory for the market tests (the lead's shared tests/factories.py may replace it)."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+
+from rigmesh.market.offer import Gpu, Offer, Region, SignedOffer, bind_payee
+from rigmesh.wire.eip712 import EthKey
+from rigmesh.wire.identity import PeerKey
+
+NOW = 1_800_000_000
+CHAIN_ID = 31337
+USDC = bytes.fromhex("a0b86991c6218b36c1d19d4a2e9eb0ce3606eb48")
+ESCROW = bytes(range(20))
+
+H100 = ("NVIDIA H100 80GB HBM3", 81559)
+A100 = ("NVIDIA A100-SXM4-40GB", 40960)
+RTX4090 = ("NVIDIA GeForce RTX 4090", 24564)
+L4 = ("NVIDIA L4", 23034)
+
+
+@cache
+def peer(n: int) -> PeerKey:
+    return PeerKey(hashlib.sha256(b"rigmesh-test-peer-%d" % n).digest())
+
+
+@cache
+def payee(n: int) -> EthKey:
+    return EthKey(hashlib.sha256(b"rigmesh-test-payee-%d" % n).digest())
+
+
+@cache
+def binding(n: int) -> bytes:
+    return bind_payee(peer(n).peer_id, payee(n))
+
+
+def make_offer(
+    n: int = 0,
+    listing: int = 0,
+    *,
+    seq: int = 1,
+    gpu: tuple[str, int] | None = H100,
+    count: int = 1,
+    price: int = 1000,
+    country: str = "DE",
+    zone: str = "fra-1",
+    interruptible: bool = False,
+    capacity: int = 1,
+    issued: int = NOW - 60,
+    expires: int = NOW + 3600,
+    chain_id: int = CHAIN_ID,
+    token: bytes = USDC,
+    cpu_cores: int = 16,
+    ram_mib: int = 65536,
+) -> Offer:
+    return Offer(
+        provider=peer(n).peer_id,
+        listing=listing,
+        payee=payee(n).address,
+        payee_sig=binding(n),
+        gpu=None if gpu is None else Gpu(gpu[0], gpu[1], count, "9.0", "550.54.15", "12.4"),
+        cpu_cores=cpu_cores,
+        ram_mib=ram_mib,
+        disk_gib=500,
+        bandwidth_mbps=1000,
+        region=Region(country, zone),
+        price_per_second=price,
+        chain_id=chain_id,
+        token=token,
+        escrow=ESCROW,
+        min_seconds=60,
+        max_seconds=86400,
+        interruptible=interruptible,
+        heartbeat_seconds=30,
+        capacity=capacity,
+        seq=seq,
+        issued=issued,
+        expires=expires,
+    )
+
+
+def signed(n: int = 0, listing: int = 0, **kw: object) -> SignedOffer:
+    """A really signed offer (Ed25519 over the canonical encoding)."""
+    return make_offer(n, listing, **kw).sign(peer(n))  # type: ignore[arg-type]
+
+
+def unsigned(offer: Offer) -> SignedOffer:
+    """An offer wrapped without signing, for `OfferBook.insert` (which does not verify): index
+    tests build thousands of these in the time signing a hundred would take."""
+    return SignedOffer(offer=offer, sig=bytes(64), encoded=b"")
