@@ -95,7 +95,7 @@ class Chain:
         self.escrow = self._deploy(funder, self.escrow_abi, MIN_WINDOW, MAX_WINDOW)
         self.usd = self._deploy(funder, self.token_abi)
         self.fot = self._deploy(funder, self.fot_abi)
-        for name, account in ADDR.items():
+        for account in ADDR.values():
             for token, abi in ((self.usd, self.token_abi), (self.fot, self.fot_abi)):
                 self.send(funder, token, abi.fn("mint").encode(account, 10**12))
                 approve = abi.fn("approve").encode(self.escrow, UINT256_MAX)

@@ -54,6 +54,7 @@ from rigmesh.escrow.contract import (
     token_artifact,
 )
 from rigmesh.escrow.errors import (
+    BadNonce,
     ChainError,
     DeadlinePassed,
     EscrowError,
@@ -61,6 +62,8 @@ from rigmesh.escrow.errors import (
     InsufficientFunds,
     NoGasToken,
     NotDeployed,
+    NotProvider,
+    NotRenter,
     RentalClosed,
     SignatureExpired,
     TransactionDropped,
@@ -306,11 +309,13 @@ class EscrowClient:
     def approve(self, token: bytes, amount: int, *, op_id: str | None = None) -> TxOutcome:
         """ERC-20 approve of the escrow (a token transaction, not an escrow one)."""
         data = token_artifact().fn("approve").encode(self.address, amount)
-        return self._submit(data, op_id=op_id, to=token)
+        return self.send_transaction(data, op_id=op_id, to=token)
 
     def deposit(self, token: bytes, amount: int, *, op_id: str | None = None) -> TxOutcome:
         value = amount if token == ETH else 0
-        return self._submit(self.abi.fn("deposit").encode(token, amount), value=value, op_id=op_id)
+        return self.send_transaction(
+            self.abi.fn("deposit").encode(token, amount), value=value, op_id=op_id
+        )
 
     def deposit_with_permit(
         self,
@@ -326,22 +331,26 @@ class EscrowClient:
     ) -> TxOutcome:
         """Submit `owner`'s permit and deposit for it: the owner needs no native token."""
         data = self.abi.fn("depositWithPermit").encode(owner, token, amount, deadline, v, r, s)
-        return self._submit(data, op_id=op_id)
+        return self.send_transaction(data, op_id=op_id)
 
     def withdraw(
         self, token: bytes, amount: int, to: bytes | None = None, *, op_id: str | None = None
     ) -> TxOutcome:
-        if op_id not in self.journal:
+        if op_id not in self.journal and amount > 0:
             self._require_free(token, self.sender, amount)
         data = self.abi.fn("withdraw").encode(token, amount, to or self.sender)
-        return self._submit(data, op_id=op_id)
+        return self.send_transaction(data, op_id=op_id)
 
     # ------------------------------------------------------------------ rentals
+    #
+    # Pre-flight checks from chain state follow the contract's own check order and stop where
+    # the next check needs more than a view can tell; the pending-block simulation in
+    # send_transaction then yields the contract's exact first error for the rest.
 
     def open(self, terms: Terms, *, op_id: str | None = None) -> TxOutcome:
         if op_id not in self.journal:
-            self._require_free(terms.token, terms.renter, terms.deposit)
-        return self._submit(self.abi.fn("open").encode(terms_arg(terms)), op_id=op_id)
+            self._require_role(terms.renter, NotRenter)
+        return self.send_transaction(self.abi.fn("open").encode(terms_arg(terms)), op_id=op_id)
 
     def open_for(
         self,
@@ -354,25 +363,31 @@ class EscrowClient:
     ) -> TxOutcome:
         """Open for a renter who signed OpenRequest(terms, nonce, deadline); anyone submits."""
         if op_id not in self.journal:
+            self.check_chain()
             if self.chain_time() >= deadline:
                 raise SignatureExpired(deadline)
-            self._require_free(terms.token, terms.renter, terms.deposit)
+            expected = self.nonce_of(terms.renter)
+            if nonce != expected:
+                raise BadNonce(expected, nonce)
         data = self.abi.fn("openFor").encode(terms_arg(terms), nonce, deadline, signature)
-        return self._submit(data, op_id=op_id)
+        return self.send_transaction(data, op_id=op_id)
 
     def top_up(self, terms: Terms, amount: int, *, op_id: str | None = None) -> TxOutcome:
         if op_id not in self.journal:
-            self._require_before_deadline(terms)
-            self._require_free(terms.token, terms.renter, amount)
-        return self._submit(self.abi.fn("topUp").encode(terms_arg(terms), amount), op_id=op_id)
+            self._require_role(terms.renter, NotRenter)
+            self._require_open(terms)
+        return self.send_transaction(
+            self.abi.fn("topUp").encode(terms_arg(terms), amount), op_id=op_id
+        )
 
     def claim(
         self, terms: Terms, receipt: Receipt, signature: bytes, *, op_id: str | None = None
     ) -> TxOutcome:
         if op_id not in self.journal:
+            self._require_role(terms.provider, NotProvider)
             self._require_before_deadline(terms)
         data = self.abi.fn("claim").encode(terms_arg(terms), receipt_arg(receipt), signature)
-        return self._submit(data, op_id=op_id)
+        return self.send_transaction(data, op_id=op_id)
 
     def settle(
         self,
@@ -386,24 +401,32 @@ class EscrowClient:
         if receipt is None or not signature:
             receipt, signature = NO_RECEIPT, b""
         if op_id not in self.journal:
+            self._require_role(terms.provider, NotProvider)
             if signature:
                 self._require_before_deadline(terms)
             else:
                 self._require_open(terms)
         data = self.abi.fn("settle").encode(terms_arg(terms), receipt_arg(receipt), signature)
-        return self._submit(data, op_id=op_id)
+        return self.send_transaction(data, op_id=op_id)
 
     def request_close(self, terms: Terms, *, op_id: str | None = None) -> TxOutcome:
         if op_id not in self.journal:
-            self._require_before_deadline(terms)
-        return self._submit(self.abi.fn("requestClose").encode(terms_arg(terms)), op_id=op_id)
+            self._require_role(terms.renter, NotRenter)
+            self._require_open(terms)
+        return self.send_transaction(
+            self.abi.fn("requestClose").encode(terms_arg(terms)), op_id=op_id
+        )
 
     def finalize(self, terms: Terms, *, op_id: str | None = None) -> TxOutcome:
         if op_id not in self.journal:
             self._require_open(terms)
-        return self._submit(self.abi.fn("finalize").encode(terms_arg(terms)), op_id=op_id)
+        return self.send_transaction(self.abi.fn("finalize").encode(terms_arg(terms)), op_id=op_id)
 
     # ------------------------------------------------------------------ pre-flight checks
+
+    def _require_role(self, expected: bytes, error: type[EscrowError]) -> None:
+        if self.sender != expected:
+            raise error(self.sender)
 
     def _require_free(self, token: bytes, account: bytes, amount: int) -> None:
         self.check_chain()
@@ -431,9 +454,11 @@ class EscrowClient:
 
     # ------------------------------------------------------------------ submission
 
-    def _submit(
+    def send_transaction(
         self, data: bytes, *, value: int = 0, op_id: str | None = None, to: bytes | None = None
     ) -> TxOutcome:
+        """Simulate, sign, journal, broadcast and wait for one transaction (to the escrow
+        unless `to` says otherwise). Raises typed errors before sending where it can."""
         to = self.address if to is None else to
         self.check_chain()
         if op_id is not None and op_id in self.journal:
