@@ -426,3 +426,28 @@ async def test_reap_stale_jobs_after_a_node_crash(tmp_path) -> None:
             p.kill()
         reap_stale_jobs(rid)
         reap_stale_jobs(f"x{rid}")
+
+
+async def test_token_net_catches_orphans_no_poll_saw(
+    runner: SubprocessRunner, tree_mode: str
+) -> None:
+    # Polls 30 s apart: the tree walk never sees the daemon, which is orphaned to init when
+    # the root exits. Only the kill-time token net can find it.
+    code = """
+    import os, time
+    time.sleep(0.3)                  # after the first poll
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(1, b"PID %d\\n" % os.getpid())
+            time.sleep(60)
+        os._exit(0)
+    time.sleep(0.3)
+    """
+    lim = Limits(wall_clock_s=20, poll_interval_s=30)
+    async with runner.start(py(code, limits=lim)) as job:
+        (pid,) = await _pids_until(job, 1)
+        res = await job.wait()
+    assert res.reason is StopReason.EXITED and res.exit_code == 0
+    assert res.killed_processes == 1 and res.survivors == 0
+    assert not alive(pid)

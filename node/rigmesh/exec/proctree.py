@@ -179,18 +179,31 @@ class TreeTracker:
                     changed = True
         for pid, st in snap.items():
             if pid not in self.members and st.alive and pid in lst:
-                # Outsiders cannot become members later: ancestry does not change, and a
-                # process cannot join our session. Classify once, skip from now on.
+                if self._has_token(pid):  # escaped the parent chain before we saw it
+                    self.members[pid] = st.start_ticks
+                    continue
+                # Outsiders cannot become members later: ancestry does not change, a process
+                # cannot join our session, and its environment is fixed at exec. Classify
+                # once, skip from now on.
                 self._outsiders[pid] = lst[pid]
         for pid in [p for p in self._outsiders if p not in lst]:
             del self._outsiders[pid]
         return [snap[p] for p in self.members if p in snap and snap[p].alive]
 
+    def _has_token(self, pid: int) -> bool:
+        if self.token is None or pid == os.getpid():
+            return False
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read(1 << 20)
+        except OSError:
+            return False
+        return b"RIGMESH_JOB_TOKEN=" + self.token in env
+
     def adopt_token_holders(self) -> None:
         """Adopt processes created since the baseline whose environment carries the token."""
         if self.token is None:
             return
-        needle = b"RIGMESH_JOB_TOKEN=" + self.token
         me = os.getpid()
         for pid, ino in listing().items():
             if (
@@ -200,15 +213,10 @@ class TreeTracker:
                 or self._outsiders.get(pid) == ino
             ):
                 continue
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    env = f.read(1 << 20)
-            except OSError:
-                continue
             st = read_stat(pid)
             if st is None:
                 continue
-            if needle in env:
+            if self._has_token(pid):
                 self.members[pid] = st.start_ticks
             else:
                 self._outsiders[pid] = ino  # env is fixed at exec: it will never match later
@@ -227,6 +235,10 @@ def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0) -> int:
     forked just before its parent froze is still linked to that (stopped, alive) parent, so the
     walk sees it. Then the token net, then SIGKILL the closed set; killing first would orphan such
     a child to init, out of reach of the parent chain. Repeats until nobody is left.
+
+    The net (a read of every new process's environment, costly on a busy host) is skipped when
+    the root is still alive once frozen: a process cannot come back to life, so it was alive all
+    along, every orphan went to it (subreaper), and the walk from it saw the whole tree.
     """
     signalled: set[tuple[int, int]] = set()
     end = time.monotonic() + deadline_s
@@ -250,11 +262,14 @@ def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0) -> int:
             live = tracker.poll()
         if not netted:  # the costly net once, with everything we know already frozen
             netted = True
-            before = set(tracker.members)
-            tracker.adopt_token_holders()
-            if set(tracker.members) - before:
-                live = tracker.poll()
-                continue  # freeze the newcomers' own trees before killing anything
+            root = read_stat(tracker.root_pid)
+            root_alive = root is not None and root.alive and root.start_ticks == tracker.root_start
+            if not root_alive:  # alive and frozen would mean the walk was already complete
+                before = set(tracker.members)
+                tracker.adopt_token_holders()
+                if set(tracker.members) - before:
+                    live = tracker.poll()
+                    continue  # freeze the newcomers' own trees before killing anything
         if not live:
             break
         send(live, signal.SIGKILL)
