@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rigmesh.exec.outbuf import LineSplitter, OutputBuffer, OutputDropped, OutputLine, Stream
@@ -33,6 +33,7 @@ def test_read_stat_of_self() -> None:
     assert read_stat(2**22 + 12345) is None
 
 
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.binary(max_size=300), max_size=30), st.integers(1, 64))
 def test_line_splitter_preserves_bytes_and_bounds_lines(chunks: list[bytes], max_line: int) -> None:
     sp = LineSplitter(max_line)
