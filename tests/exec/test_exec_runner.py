@@ -187,7 +187,7 @@ async def test_stop_kills_whole_tree_including_setsid_escapees(
     assert [p for p in pids if alive(p)] == []
 
 
-async def test_leftovers_killed_after_root_exits(runner: SubprocessRunner, tree_mode: str) -> None:
+async def test_leftovers_killed_after_root_exits(runner: SubprocessRunner) -> None:
     # The root starts a setsid daemon and exits 0 at once: the job is over, the daemon must go.
     code = """
     import os, time
@@ -364,9 +364,7 @@ def token_holders(token: bytes) -> list[int]:
     return found
 
 
-async def test_runaway_forking_daemons_are_all_killed(
-    runner: SubprocessRunner, tree_mode: str
-) -> None:
+async def test_runaway_forking_daemons_are_all_killed(runner: SubprocessRunner) -> None:
     # Every process keeps spawning setsid children and the parents exit: a moving target that
     # outruns the parent chain. Nothing carrying the job's token may survive the stop.
     code = """

@@ -415,6 +415,9 @@ class SubprocessJob:
         self._done.set()
 
 
+BASELINE_MAX_AGE_S = 10.0
+
+
 class SubprocessRunner:
     """Runs jobs as plain subprocesses. See README.md in this package for what that isolates."""
 
@@ -432,6 +435,8 @@ class SubprocessRunner:
         self.base_dir = base_dir
         self.keep_workdirs = keep_workdirs
         self.runner_id = runner_id
+        self._baseline: dict[int, int] = {}
+        self._baseline_at = -1e9
 
     @contextlib.asynccontextmanager
     async def start(self, spec: JobSpec) -> AsyncIterator[SubprocessJob]:
@@ -449,8 +454,13 @@ class SubprocessRunner:
             )
             for d in ("tmp", "out"):
                 os.makedirs(os.path.join(workdir, d), exist_ok=True)
-            # Every process that exists now is not ours: the kill-time token net skips them.
-            return proctree.listing()
+            # Processes that existed before the job cannot be ours: the kill-time token net
+            # skips them. An older listing is still a valid subset (the net then checks a few
+            # more processes), so one listing serves all jobs started within BASELINE_MAX_AGE_S.
+            now = time.monotonic()
+            if now - self._baseline_at > BASELINE_MAX_AGE_S:
+                self._baseline, self._baseline_at = proctree.listing(), now
+            return self._baseline
 
         try:
             baseline = await trio.to_thread.run_sync(prepare)
