@@ -247,10 +247,20 @@ async def main() -> None:
 
     rows = await bench_startup(15)
     base = rows[1][1]
+    a = proctree.listing()
+    await trio.sleep(0.5)
+    b = proctree.listing()
+    churn = sum(1 for p, ino in b.items() if a.get(p) != ino)
     table(
         "start-up latency: spawn `true` and get its result (median of 15)",
         ("path", "median", "ratio vs trio.run_process"),
         [(name, f"{t * 1e3:.2f} ms", f"{t / base:.2f}x") for name, t in rows],
+    )
+    print(
+        f"  host: {len(b)} processes, {churn} new ones in 0.5 s, load {os.getloadavg()[0]:.1f}."
+        "\n  The runner's fixed cost per job is a /proc listing before the spawn and, when the"
+        "\n  root exits by itself, one environment read per process started during the job"
+        "\n  (the net for orphans), so it grows with host size and process churn."
     )
 
     if isinstance(res.gpu, GpuInventory):

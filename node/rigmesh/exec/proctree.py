@@ -194,10 +194,15 @@ class TreeTracker:
         if self.token is None or pid == os.getpid():
             return False
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read(1 << 20)
+            fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return False
+        try:
+            env = os.read(fd, 1 << 20)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
         return b"RIGMESH_JOB_TOKEN=" + self.token in env
 
     def adopt_token_holders(self) -> None:
@@ -213,13 +218,12 @@ class TreeTracker:
                 or self._outsiders.get(pid) == ino
             ):
                 continue
-            st = read_stat(pid)
-            if st is None:
-                continue
-            if self._has_token(pid):
-                self.members[pid] = st.start_ticks
-            else:
+            if not self._has_token(pid):  # one read per candidate; stat only for a match
                 self._outsiders[pid] = ino  # env is fixed at exec: it will never match later
+                continue
+            st = read_stat(pid)
+            if st is not None:
+                self.members[pid] = st.start_ticks
 
 
 def _signal_members(members: Iterable[ProcStat], sig: int) -> None:

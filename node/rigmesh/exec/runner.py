@@ -415,9 +415,6 @@ class SubprocessJob:
         self._done.set()
 
 
-BASELINE_MAX_AGE_S = 10.0
-
-
 class SubprocessRunner:
     """Runs jobs as plain subprocesses. See README.md in this package for what that isolates."""
 
@@ -435,8 +432,6 @@ class SubprocessRunner:
         self.base_dir = base_dir
         self.keep_workdirs = keep_workdirs
         self.runner_id = runner_id
-        self._baseline: dict[int, int] = {}
-        self._baseline_at = -1e9
 
     @contextlib.asynccontextmanager
     async def start(self, spec: JobSpec) -> AsyncIterator[SubprocessJob]:
@@ -454,13 +449,10 @@ class SubprocessRunner:
             )
             for d in ("tmp", "out"):
                 os.makedirs(os.path.join(workdir, d), exist_ok=True)
-            # Processes that existed before the job cannot be ours: the kill-time token net
-            # skips them. An older listing is still a valid subset (the net then checks a few
-            # more processes), so one listing serves all jobs started within BASELINE_MAX_AGE_S.
-            now = time.monotonic()
-            if now - self._baseline_at > BASELINE_MAX_AGE_S:
-                self._baseline, self._baseline_at = proctree.listing(), now
-            return self._baseline
+            # Processes that exist now cannot be ours: the kill-time token net skips them.
+            # Taken per job, not cached per runner: a stale listing would make the net read
+            # the environment of every process started since, a lot on a host with churn.
+            return proctree.listing()
 
         try:
             baseline = await trio.to_thread.run_sync(prepare)
