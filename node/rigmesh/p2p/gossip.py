@@ -225,12 +225,12 @@ class OfferGossip:
             if not bucket.take(mono):
                 raise RateLimited("sync pages")
             req = sync.decode_request(data, self.config.chain_id)
+            offers, cursor = self.book.page(req.after, req.limit)  # InvalidField: bad cursor
         except WireError as exc:
             if self._reject(peer, exc, mono):
                 await self._ban(peer)
             raise
         now = self.clock()
-        offers, cursor = self.book.page(req.after, req.limit)
         # Expired offers the book still holds would only cost the requester a penalty check.
         live = [o.encoded for o in offers if o.offer.expires > now]
         return sync.SyncPage(offers=live, next=cursor).encode()

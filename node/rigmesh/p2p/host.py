@@ -8,8 +8,8 @@ Settings (DESIGN.md, "py-libp2p 0.8.1: settings that matter"; spec/p2p.md, "Goss
   dropped our own publishes past 10/s), adaptive gossip off (it stretched the heartbeat to 30 s),
   eclipse protection off (its IP-diversity rule fights a loopback test mesh). Rate limits and
   scores are ours (rigmesh.p2p.score).
-- The message id is the CID of the message data (an offer's id), so a republished identical
-  offer is one message to the whole network, whoever relays it.
+- The message id is the CID of the message data (an offer's id, in its ``bafy…`` text form),
+  so a republished identical offer is one message to the whole network, whoever relays it.
 - Topic validators return a bool and also run on our own publishes; ours accepts our own
   publishes (the gossip layer validated them) and hands every other message to the gossip
   layer's handler BEFORE GossipSub forwards it. libp2p's validation-result cache is disabled:
@@ -60,7 +60,7 @@ from rigmesh.p2p.network import (
     TopicHandler,
     Verdict,
 )
-from rigmesh.wire.cid import message_cid_bytes
+from rigmesh.wire.cid import message_cid
 from rigmesh.wire.errors import Timeout, UnknownProtocol, WireError
 from rigmesh.wire.identity import PeerKey, peer_id_to_text
 
@@ -71,6 +71,8 @@ OUTBOUND_QUEUE = 1024
 SUBSCRIPTION_CHANNEL = 1024
 #: How long a peer that sent garbage gets to read our error frame before the reset.
 ERROR_GRACE = 1.0
+#: How often connected peers missing from pubsub are registered again (see _repair_pubsub).
+PUBSUB_REPAIR_INTERVAL = 2.0
 
 
 class _BigRpcQueue(rpc_queue.RpcQueue):
@@ -90,7 +92,10 @@ def key_pair_from(peer_key: PeerKey) -> KeyPair:
 
 
 def _msg_id(msg: rpc_pb2.Message) -> bytes:
-    return message_cid_bytes(msg.data)
+    # The text form: GossipSub carries message ids in protobuf `string` fields (IHAVE, IWANT,
+    # IDONTWANT), and binary CIDs are not UTF-8. With binary ids the first message went through
+    # and control messages then broke per-peer sending, so later messages reached only some peers.
+    return message_cid(msg.data).encode()
 
 
 def make_gossipsub() -> GossipSub:
@@ -142,6 +147,13 @@ class _BanGate(INotifee):
 class Libp2pNetwork:
     """Implements `rigmesh.p2p.network.Network`. Use `open_libp2p_network` to run one."""
 
+    #: Hosts alive in this process. Dials from two hosts of one process at once stalled in
+    #: multistream-select until its 10 s timeout, and pubsub then never registered those peers
+    #: (seen with 10 hosts a process; one host dialling many peers at once is fine). A real node
+    #: runs one host, so only tests and the benchmark serialize dials, through `_dial_lock`.
+    _live = 0
+    _dial_lock: trio.Lock | None = None
+
     def __init__(self, key: PeerKey, *, mdns: bool = False) -> None:
         _raise_queue_sizes()
         self._key = key
@@ -163,6 +175,7 @@ class Libp2pNetwork:
             seen_ttl=120,
         )
         self._banned: dict[bytes, float] = {}
+        self._registering: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
         self.host.get_network().register_notifee(_BanGate(self))
 
@@ -184,6 +197,30 @@ class Libp2pNetwork:
             self._nursery.start_soon(fn, *args)
 
     # --- connections ----------------------------------------------------------------------
+    async def _repair_pubsub(self) -> None:
+        """Register connected peers that pubsub failed to register.
+
+        py-libp2p opens its pubsub stream to a new peer once, and gives up for good on a
+        non-retryable error; with many dials at once (or a starved CPU) the multistream-select
+        answer can take over 10 s and the peer then never gets a single gossip message over a
+        live connection. Seen here with 10 hosts per process dialling concurrently.
+        """
+        while True:
+            await trio.sleep(PUBSUB_REPAIR_INTERVAL)
+            for pid in self.host.get_connected_peers():
+                peer = pid.to_bytes()
+                if pid in self.pubsub.peers or peer in self._registering or self.is_banned(peer):
+                    continue
+                self._registering.add(peer)
+                self._spawn(self._register, pid)
+
+    async def _register(self, pid: ID) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await self.pubsub.ensure_peer_stream(pid, timeout=REQUEST_TIMEOUT)
+        finally:
+            self._registering.discard(pid.to_bytes())
+
     async def connect(self, addr: str) -> bytes:
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
@@ -193,7 +230,13 @@ class Libp2pNetwork:
         if self.is_banned(peer):
             raise NetworkError(f"dial {addr}: peer is banned")
         try:
-            await self.host.connect(info)
+            if Libp2pNetwork._live > 1:
+                if Libp2pNetwork._dial_lock is None:
+                    Libp2pNetwork._dial_lock = trio.Lock()
+                async with Libp2pNetwork._dial_lock:
+                    await self.host.connect(info)
+            else:
+                await self.host.connect(info)
         except Exception as exc:  # py-libp2p raises many types for one failed dial
             raise NetworkError(f"dial {addr}: {exc}") from None
         return peer
@@ -348,6 +391,18 @@ async def open_libp2p_network(
     """Start a host, listen, run pubsub; yield the `Network`; tear everything down on exit."""
     net = Libp2pNetwork(key, mdns=mdns)
     addrs = [multiaddr.Multiaddr(a) for a in listen]
+    Libp2pNetwork._live += 1
+    try:
+        async with _running(net, addrs):
+            yield net
+    finally:
+        Libp2pNetwork._live -= 1
+        if Libp2pNetwork._live == 0:
+            Libp2pNetwork._dial_lock = None  # a lock belongs to one trio run
+
+
+@contextlib.asynccontextmanager
+async def _running(net: Libp2pNetwork, addrs: list[multiaddr.Multiaddr]) -> AsyncIterator[None]:
     async with (
         net.host.run(listen_addrs=addrs),
         background_trio_service(net.pubsub),
@@ -356,8 +411,9 @@ async def open_libp2p_network(
     ):
         net._nursery = nursery
         await net.pubsub.wait_until_ready()
+        nursery.start_soon(net._repair_pubsub)
         try:
-            yield net
+            yield
         finally:
             net._nursery = None
             nursery.cancel_scope.cancel()

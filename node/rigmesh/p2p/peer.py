@@ -44,10 +44,13 @@ def load_or_create_key(path: Path) -> PeerKey:
 
 
 class Emitter:
-    def __init__(self) -> None:
+    def __init__(self, mute: frozenset[str] = frozenset()) -> None:
         self.out = sys.stdout
+        self.mute = mute
 
     def __call__(self, node: int, event: dict[str, Any]) -> None:
+        if event["event"] in self.mute:
+            return
         self.out.write(json.dumps({"t": time.time(), "node": node, **event}) + "\n")
         self.out.flush()
 
@@ -88,12 +91,30 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
         reached = await node.gossip.join(list(cmd["addrs"]))
         emit(node.index, {"event": "joined", "reached": len(reached), "book": len(node.book)})
     elif name == "publish":
+        t0 = time.time()
         offer = node.provider.offer(
             chain_id=node.chain_id, listing=int(cmd.get("listing", 0)),
             seq=int(cmd.get("seq", 1)), now=int(time.time()), price=int(cmd.get("price", 555)),
         )
         signed = await node.gossip.publish_offer(offer)
-        emit(node.index, {"event": "publish_done", "cid": signed.cid, "tag": cmd.get("tag")})
+        emit(node.index, {"event": "publish_done", "cid": signed.cid, "tag": cmd.get("tag"),
+                          "t0": t0})
+    elif name == "stream":
+        # `count` offers at `rate` a second, cycling over 16 listings with rising seq numbers
+        # (the benchmark's sustained-rate steps). Sleeps to absolute deadlines: no drift.
+        rate, count, seq0 = float(cmd["rate"]), int(cmd["count"]), int(cmd["seq"])
+        start = trio.current_time()
+        for k in range(count):
+            await trio.sleep_until(start + k / rate)
+            offer = node.provider.offer(chain_id=node.chain_id, listing=k % 16, seq=seq0 + k,
+                                        now=int(time.time()))
+            await node.gossip.publish_offer(offer)
+        emit(node.index, {"event": "stream_done", "count": count, "tag": cmd.get("tag"),
+                          "late": round(trio.current_time() - start - (count - 1) / rate, 3)})
+    elif name == "stats":
+        emit(node.index, {"event": "stats", "tag": cmd.get("tag"),
+                          "counters": dict(node.gossip.counters), "book": len(node.book),
+                          "peers": len(node.net.peers())})
     elif name == "spam":
         for k in range(int(cmd["count"])):
             await node.net.publish(node.gossip.topic, node.forged(1000 + k, k % 16))
@@ -139,7 +160,7 @@ async def read_commands(nodes: list[Node], emit: Emitter, done: trio.Event) -> N
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    emit = Emitter()
+    emit = Emitter(frozenset(args.mute))
     keys: list[PeerKey] = [load_or_create_key(Path(p)) for p in args.key_file]
     keys += [PeerKey.generate() for _ in range(max(0, args.count - len(keys)))]
     gossip_config = json.loads(args.gossip) if args.gossip else {}
@@ -181,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chain-id", type=int, default=31337)
     p.add_argument("--gossip", default="", help="GossipConfig overrides as JSON")
     p.add_argument("--mdns", action="store_true", help="LAN discovery (see spec/p2p.md)")
+    p.add_argument("--mute", action="append", default=[],
+                   help="event kinds not to print (e.g. offer, published)")
     p.add_argument("--seed", type=int, default=None, help="seed of the peer-choice generator")
     args = p.parse_args(argv)
     if args.seed is not None:

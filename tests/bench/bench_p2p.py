@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Offer propagation over 50 real libp2p hosts on loopback, beside its lower bound, and the same
+graph on the in-memory network in virtual time.
+
+- 5 OS processes x 10 hosts (``python -m rigmesh.p2p.peer --count 10``), wired as a seeded random
+  graph of mean degree 6 (each edge dialled once, concurrently).
+- Single-hop latency: for every published offer, the delay until each direct neighbour of the
+  publisher accepted it; its median, times the publisher's eccentricity in the graph, is that
+  offer's lower bound (no path is shorter in hops, and no hop is faster than the typical one).
+- Propagation: >= 100 offers from random hosts, one every 100 ms; per offer, publish-to-last-host.
+- Sustained rate: 10 publishers stream offers at rising total rates; delivery = accepted offers
+  counted by the 49 other hosts / (offers x 49), gossip only (republish and anti-entropy off).
+- Memory network: the same graph, one-way latency = the measured median hop, virtual time.
+
+Plain script: ``python tests/bench/bench_p2p.py`` (about 2-3 minutes). Machine-dependent: on a
+loaded 2-core machine 50 Python hosts compete for the CPU and the numbers show it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "node"))
+
+import trio  # noqa: E402
+
+from rigmesh.p2p.memory import LinkParams  # noqa: E402
+from rigmesh.p2p.scenario import Sim, diameter, open_sim, random_graph, run_sim  # noqa: E402
+from tests.p2p.procs import PeerProc  # noqa: E402
+
+PROCS = int(os.environ.get("BENCH_PROCS", 5))
+PER_PROC = int(os.environ.get("BENCH_PER_PROC", 10))
+N = PROCS * PER_PROC
+DEGREE = 6
+OFFERS = int(os.environ.get("BENCH_OFFERS", 120))
+SPACING = 0.1
+RATES = [int(r) for r in os.environ.get("BENCH_RATES", "20,50,100,200").split(",")]
+STEP_SECONDS = 5.0
+SEED = 2026
+GOSSIP = json.dumps({"republish_interval": 36000, "anti_entropy_interval": 36000})
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def eccentricities(n: int, edges: list[tuple[int, int]]) -> list[int]:
+    adj: list[list[int]] = [[] for _ in range(n)]
+    for a, b in edges:
+        adj[a].append(b)
+        adj[b].append(a)
+    out = []
+    for s in range(n):
+        dist = {s: 0}
+        frontier = [s]
+        while frontier:
+            nxt = []
+            for u in frontier:
+                for v in adj[u]:
+                    if v not in dist:
+                        dist[v] = dist[u] + 1
+                        nxt.append(v)
+            frontier = nxt
+        out.append(max(dist.values()))
+    return out
+
+
+class Net:
+    def __init__(self) -> None:
+        self.procs = [
+            PeerProc("--count", str(PER_PROC), "--gossip", GOSSIP, "--mute", "synced",
+                     "--mute", "published")
+            for _ in range(PROCS)
+        ]
+        self.addr: list[str] = []
+        for p in self.procs:
+            ready = p.wait_for(lambda e: e["event"] == "ready", timeout=120, count=PER_PROC)
+            self.addr += [e["addrs"][0] for e in sorted(ready, key=lambda e: e["node"])]
+
+    def proc(self, host: int) -> tuple[PeerProc, int]:
+        return self.procs[host // PER_PROC], host % PER_PROC
+
+    def send(self, host: int, **cmd: object) -> None:
+        p, i = self.proc(host)
+        p.send(node=i, **cmd)
+
+    def events(self, kind: str) -> list[tuple[int, dict]]:
+        out = []
+        for k, p in enumerate(self.procs):
+            out += [(k * PER_PROC + e["node"], e) for e in p.snapshot() if e["event"] == kind]
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+def wire(net: Net, edges: list[tuple[int, int]]) -> None:
+    dials: dict[int, list[str]] = {}
+    for a, b in edges:
+        dials.setdefault(a, []).append(net.addr[b])
+    for a, addrs in dials.items():
+        net.send(a, cmd="connect", addrs=addrs)
+    deadline = time.monotonic() + 120
+    while len(net.events("connected")) < len(dials):
+        if time.monotonic() > deadline:
+            raise TimeoutError("wiring")
+        time.sleep(0.1)
+    failed = net.events("dial_failed")
+    if failed:
+        print(f"warning: {len(failed)} dials failed", file=sys.stderr)
+
+
+def propagation(net: Net, edges: list[tuple[int, int]], rng: random.Random) -> dict:
+    adj: dict[int, set[int]] = {i: set() for i in range(N)}
+    for a, b in edges:
+        adj[a].add(b)
+        adj[b].add(a)
+    ecc = eccentricities(N, edges)
+    published: list[tuple[int, str]] = []
+    for k in range(OFFERS):
+        host = rng.randrange(N)
+        net.send(host, cmd="publish", listing=k % 16, seq=1 + k, tag=f"prop{k}")
+        time.sleep(SPACING)
+    time.sleep(3.0)
+    done = {e["tag"]: (h, e) for h, e in net.events("publish_done") if e["tag"]}
+    received: dict[str, dict[int, float]] = {}
+    for h, e in net.events("offer"):
+        received.setdefault(e["cid"], {})[h] = e["t"]
+    lasts, hops, bounds, missing = [], [], [], 0
+    per_offer: list[tuple[int, float, dict[int, float]]] = []
+    for _tag, (h, e) in sorted(done.items()):
+        got = received.get(e["cid"], {})
+        others = [t - e["t0"] for x, t in got.items() if x != h]
+        missing += (N - 1) - len(others)
+        if len(others) < N - 1:
+            continue
+        lasts.append(max(others))
+        hop = [got[x] - e["t0"] for x in adj[h] if x in got]
+        hops += hop
+        per_offer.append((h, max(others), got))
+        published.append((h, e["cid"]))
+    if not hops:
+        raise RuntimeError(f"no offer reached every host: {len(done)} published, "
+                           f"{len(received)} seen at all, {missing} deliveries missing")
+    hop_median = statistics.median(hops)
+    bounds = [ecc[h] * hop_median for h, _, _ in per_offer]
+    return {
+        "offers": len(done), "complete": len(lasts), "missing_deliveries": missing,
+        "p50": pct(lasts, 0.5), "p99": pct(lasts, 0.99), "hop_median": hop_median,
+        "hop_p99": pct(hops, 0.99), "bound_p50": pct(bounds, 0.5),
+        "bound_p99": pct(bounds, 0.99), "diameter": max(ecc),
+    }
+
+
+def sustained(net: Net, rng: random.Random) -> list[dict]:
+    publishers = sorted(rng.sample(range(N), 10))
+    results = []
+    seq0 = 10_000
+    for rate in RATES:
+        per = rate / len(publishers)
+        count = max(1, int(per * STEP_SECONDS))
+        tag = f"rate{rate}"
+        before = _received(net, f"{tag}-before")
+        t0 = time.monotonic()
+        for h in publishers:
+            net.send(h, cmd="stream", rate=per, count=count, seq=seq0, tag=tag)
+        seq0 += count + 1
+        streams = []
+        deadline = time.monotonic() + STEP_SECONDS * 10 + 60
+        while len(streams) < len(publishers) and time.monotonic() < deadline:
+            streams = [e for _, e in net.events("stream_done") if e["tag"] == tag]
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        time.sleep(3.0)
+        after = _received(net, f"{tag}-after")
+        got = sum(after.values()) - sum(before.values())
+        sent = count * len(publishers)
+        results.append({
+            "rate": rate, "offers": sent, "achieved_rate": sent / took,
+            "delivery": got / (sent * (N - 1)),
+            "publisher_lag_s": max((e["late"] for e in streams), default=None),
+        })
+    return results
+
+
+def _received(net: Net, tag: str) -> dict[int, int]:
+    for h in range(N):
+        net.send(h, cmd="stats", tag=tag)
+    deadline = time.monotonic() + 60
+    while True:
+        stats = {h: e for h, e in net.events("stats") if e["tag"] == tag}
+        if len(stats) == N or time.monotonic() > deadline:
+            return {h: e["counters"].get("offer", 0) for h, e in stats.items()}
+        time.sleep(0.05)
+
+
+def memory_propagation(edges: list[tuple[int, int]], hop: float) -> dict:
+    async def body(sim: Sim) -> list[float]:
+        for _ in range(N):
+            await sim.add_node()
+        await sim.wire(edges)
+        rng = random.Random(SEED)
+        lasts = []
+        for k in range(OFFERS):
+            host = rng.randrange(N)
+            t0 = trio.current_time()
+            cid = await sim.publish(host, listing=k % 16, seq=1 + k)
+            while len(sim.holders(cid)) < N:
+                await trio.sleep(hop / 20)
+            lasts.append(trio.current_time() - t0)
+            await trio.sleep(SPACING)
+        return lasts
+
+    config = {"republish_interval": 36000.0, "anti_entropy_interval": 36000.0}
+    wall = time.perf_counter()
+    lasts = run_sim(SEED, lambda: open_sim(Sim(SEED, link=LinkParams(hop), config=config), body))
+    return {"p50": pct(lasts, 0.5), "p99": pct(lasts, 0.99),
+            "wall_s": time.perf_counter() - wall}
+
+
+def main() -> None:
+    rng = random.Random(SEED)
+    edges = random_graph(N, DEGREE, rng)
+    print(f"{N} hosts in {PROCS} processes, {len(edges)} edges (mean degree "
+          f"{2 * len(edges) / N:.1f}), diameter {diameter(N, edges)}, cpus {os.cpu_count()}, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    t = time.monotonic()
+    net = Net()
+    try:
+        print(f"started in {time.monotonic() - t:.1f}s", flush=True)
+        wire(net, edges)
+        time.sleep(4.0)  # mesh formation: a few 1 s heartbeats
+        prop = propagation(net, edges, rng)
+        rates = sustained(net, rng)
+    finally:
+        net.stop()
+    mem = memory_propagation(edges, prop["hop_median"])
+    ms = 1000.0
+    print()
+    print("propagation, publish -> last of 49 other hosts")
+    print(f"{'network':<26}{'offers':>8}{'p50 ms':>10}{'p99 ms':>10}{'bound p50':>11}"
+          f"{'bound p99':>11}{'p99/bound':>11}")
+    print(f"{'libp2p loopback (real)':<26}{prop['complete']:>8}{prop['p50'] * ms:>10.1f}"
+          f"{prop['p99'] * ms:>10.1f}{prop['bound_p50'] * ms:>11.1f}{prop['bound_p99'] * ms:>11.1f}"
+          f"{prop['p99'] / prop['bound_p99']:>11.2f}")
+    print(f"{'memory (virtual time)':<26}{OFFERS:>8}{mem['p50'] * ms:>10.1f}"
+          f"{mem['p99'] * ms:>10.1f}"
+          f"{prop['bound_p50'] * ms:>11.1f}{prop['bound_p99'] * ms:>11.1f}"
+          f"{mem['p99'] / prop['bound_p99']:>11.2f}")
+    print(f"single hop (libp2p): median {prop['hop_median'] * ms:.1f} ms, "
+          f"p99 {prop['hop_p99'] * ms:.1f} ms; offers published {prop['offers']}, "
+          f"fully delivered {prop['complete']}, missing deliveries {prop['missing_deliveries']}; "
+          f"memory run took {mem['wall_s']:.1f}s wall")
+    target = prop["p99"] <= 0.5 and prop["p99"] <= 3 * prop["bound_p99"]
+    print(f"target p99 <= 500 ms and <= 3x bound: {'met' if target else 'NOT met'}")
+    print()
+    print("sustained rate (10 publishers, gossip only)")
+    print(f"{'target/s':>9}{'offers':>8}{'achieved/s':>12}{'delivery':>10}{'pub lag s':>11}")
+    for r in rates:
+        print(f"{r['rate']:>9}{r['offers']:>8}{r['achieved_rate']:>12.1f}"
+              f"{r['delivery'] * 100:>9.2f}%{r['publisher_lag_s']!s:>11}")
+    ok = [r["rate"] for r in rates if r["delivery"] >= 0.999]
+    print(f"highest step with >= 99.9 % delivery: {max(ok) if ok else 'none'} offers/s")
+
+
+if __name__ == "__main__":
+    main()
