@@ -11,7 +11,7 @@ Rules (the same for gossip, sync and a restart from disk):
   O(log n)), and `query` never returns one even before `expire` ran.
 - Bounded: at most ``max_offers`` live offers and ``max_listings_per_provider`` per provider;
   past either a new key is refused with `RateLimited` (a replacement of a held key always
-  passes). Floors are bounded by ``max_offers`` too (the soonest to lapse go first).
+  passes). Floors are bounded by ``2 * max_offers + 1024`` (the soonest to lapse go first).
 - `ingest` runs every cheap check (size, canonical CBOR, fields, time, chain, seq, limits) before
   the Ed25519 verify, so a flood of replays or of offers we would refuse costs no signature check.
 
@@ -205,11 +205,16 @@ class OfferBook:
             raise WrongChain(f"chain {offer.chain_id}, this book holds chain {self.chain_id}")
         key = (offer.provider, offer.listing)
         rec = self._live.get(key)
+        held = None
         if rec is not None:
-            held = rec.signed.offer.seq
+            h = rec.signed.offer
+            # An expired offer not swept yet guards its key exactly as its floor would.
+            if h.issued + MAX_OFFER_TTL > now:
+                held = h.seq
         else:
             floor = self._floors.get(key)
-            held = floor[0] if floor is not None else None
+            if floor is not None and floor[1] > now:
+                held = floor[0]
         if held is not None and offer.seq <= held:
             raise Replayed(f"seq {offer.seq} is not newer than {held}")
         if offer.capacity == 0 or (rec is not None and rec.signed.offer.expires > now):
@@ -393,7 +398,7 @@ class OfferBook:
         heap = self._floor_heap
         heapq.heappush(heap, (until, key[0], key[1], seq))
         floors = self._floors
-        while len(floors) > self.max_offers:
+        while len(floors) > 2 * self.max_offers + _HEAP_SLACK:
             u, provider, listing, s = heapq.heappop(heap)
             if floors.get((provider, listing)) == (s, u):
                 del floors[(provider, listing)]
@@ -443,7 +448,7 @@ class OfferBook:
         if rec is not None:
             return rec.signed.offer.seq
         floor = self._floors.get(key)
-        return floor[0] if floor is not None else None
+        return floor[0] if floor is not None else None  # (until `expire` lapses it)
 
     def __len__(self) -> int:
         return len(self._live)
