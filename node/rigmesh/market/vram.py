@@ -16,8 +16,8 @@ parameter count ("70b", "8B", "405b", "7.5b", "1.1t", "350m"). A count that is a
 size maps to that architecture (70b -> Llama-3 70B, 7b -> Mistral 7B, ...). Any other count uses
 a dense-transformer heuristic, deliberately on the large side because it feeds a *minimum* VRAM
 filter: ``kv_heads = 8, head_dim = 128`` (grouped-query attention, as every recent open model)
-and ``layers = ceil(18 * cbrt(params / 1e9))`` (Llama-3: 32 / 80 / 126 layers at 8 / 70 / 405 B;
-the heuristic gives 36 / 75 / 133). "NxMb" mixtures of experts not in the table count N x M
+and ``layers = ceil(20 * cbrt(params / 1e9))`` (Llama-3: 32 / 80 / 126 layers at 8 / 70 / 405 B;
+the heuristic gives 40 / 83 / 148). "NxMb" mixtures of experts not in the table count N x M
 parameters, an upper bound (all experts sit in memory).
 
 All arithmetic is on integers and Fractions (0.5 byte per int4 parameter); nothing is a float.
@@ -126,8 +126,8 @@ def parse_params(text: str) -> int:
 
 
 def _heuristic_layers(params: int) -> int:
-    """ceil(18 * cbrt(params / 1e9)): the least L with L**3 * 1e9 >= 18**3 * params."""
-    target = 18**3 * params
+    """ceil(20 * cbrt(params / 1e9)): the least L with L**3 * 1e9 >= 20**3 * params."""
+    target = 20**3 * params
     lo, hi = 1, 1
     while hi**3 * 10**9 < target:
         hi *= 2
