@@ -131,7 +131,11 @@ def propagation(net: Net, edges: list[tuple[int, int]], rng: random.Random) -> d
         host = rng.randrange(N)
         net.send(host, cmd="publish", listing=k % 16, seq=1 + k, tag=f"prop{k}")
         time.sleep(SPACING)
-    time.sleep(3.0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if len(net.events("offer")) >= OFFERS * (N - 1):
+            break
+        time.sleep(0.2)
     done = {e["tag"]: (h, e) for h, e in net.events("publish_done") if e["tag"]}
     received: dict[str, dict[int, float]] = {}
     for h, e in net.events("offer"):
@@ -193,15 +197,37 @@ def sustained(net: Net, rng: random.Random) -> list[dict]:
     return results
 
 
-def _received(net: Net, tag: str) -> dict[int, int]:
+def _stats(net: Net, tag: str) -> dict[int, dict]:
     for h in range(N):
         net.send(h, cmd="stats", tag=tag)
     deadline = time.monotonic() + 60
     while True:
         stats = {h: e for h, e in net.events("stats") if e["tag"] == tag}
         if len(stats) == N or time.monotonic() > deadline:
-            return {h: e["counters"].get("offer", 0) for h, e in stats.items()}
+            return stats
         time.sleep(0.05)
+
+
+def _received(net: Net, tag: str) -> dict[int, int]:
+    return {h: e["counters"].get("offer", 0) for h, e in _stats(net, tag).items()}
+
+
+def wait_mesh(net: Net, timeout: float = 90.0) -> float:
+    """Wait until every host's pubsub knows all its connected peers and has a mesh."""
+    t0 = time.monotonic()
+    k = 0
+    while True:
+        k += 1
+        stats = _stats(net, f"mesh{k}")
+        ok = [e["pubsub_peers"] >= e["peers"] > 0 and e["mesh"] >= min(4, e["peers"])
+              for e in stats.values()]
+        if len(ok) == N and all(ok):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            print(f"warning: mesh incomplete after {timeout}s: {sum(ok)}/{N} hosts ready",
+                  file=sys.stderr)
+            return time.monotonic() - t0
+        time.sleep(1.0)
 
 
 def memory_propagation(edges: list[tuple[int, int]], hop: float) -> dict:
@@ -239,7 +265,8 @@ def main() -> None:
     try:
         print(f"started in {time.monotonic() - t:.1f}s", flush=True)
         wire(net, edges)
-        time.sleep(4.0)  # mesh formation: a few 1 s heartbeats
+        print(f"wired in {time.monotonic() - t:.1f}s", flush=True)
+        print(f"mesh ready after {wait_mesh(net):.1f}s more", flush=True)
         prop = propagation(net, edges, rng)
         rates = sustained(net, rng)
     finally:

@@ -114,7 +114,9 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
     elif name == "stats":
         emit(node.index, {"event": "stats", "tag": cmd.get("tag"),
                           "counters": dict(node.gossip.counters), "book": len(node.book),
-                          "peers": len(node.net.peers())})
+                          "peers": len(node.net.peers()),
+                          "pubsub_peers": len(node.net.pubsub.peers),
+                          "mesh": len(node.net.router.mesh.get(node.gossip.topic, ()))})
     elif name == "spam":
         for k in range(int(cmd["count"])):
             await node.net.publish(node.gossip.topic, node.forged(1000 + k, k % 16))

@@ -96,6 +96,7 @@ class Sim:
         self.nodes: list[SimNode] = []
         self.log: list[str] = []
         self._nursery: trio.Nursery | None = None
+        self._keys: dict[str, tuple[bytes, int]] = {}
 
     def key(self, index: int) -> PeerKey:
         return PeerKey(hashlib.sha256(f"rigmesh-sim/{self.seed}/{index}".encode()).digest())
@@ -152,14 +153,19 @@ class Sim:
         node = self.nodes[index]
         offer = node.provider.offer(chain_id=CHAIN_ID, listing=listing, seq=seq,
                                     now=self.now(), **kw)
-        return (await node.gossip.publish_offer(offer)).cid
+        signed = await node.gossip.publish_offer(offer)
+        self._keys[signed.cid] = offer.key
+        return signed.cid
 
     def holders(self, cid: str) -> list[int]:
-        return [n.index for n in self.nodes if n.net.online and _holds(n.book, cid)]
-
-
-def _holds(book: OfferBook, cid: str) -> bool:
-    return any(o.cid == cid for o in book)
+        """Online nodes whose book holds the offer `cid` (one this Sim published)."""
+        provider, listing = self._keys[cid]
+        out = []
+        for n in self.nodes:
+            held = n.book.get(provider, listing) if n.net.online else None
+            if held is not None and held.cid == cid:
+                out.append(n.index)
+        return out
 
 
 async def open_sim(sim: Sim, body: Callable[[Sim], Awaitable[T]]) -> T:
