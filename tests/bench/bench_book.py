@@ -193,9 +193,9 @@ def bench_ingest(count: int) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--offers", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--signed", type=int, default=4000, help="offers for the ingest rate")
+    ap.add_argument("--signed", type=int, default=2000, help="offers for the ingest rate")
     ap.add_argument("--slowest", type=int, default=0, help="print the N slowest queries")
     args = ap.parse_args()
     rng = random.Random(args.seed)

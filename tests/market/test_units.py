@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from fractions import Fraction
 
 import pytest
 
+from rigmesh.market.book import OfferBook
 from rigmesh.market.price import format_usd_per_hour, parse_price, per_hour
 from rigmesh.market.query import OfferQuery, Sort, normalize_model, price_per_vram_key
 from rigmesh.market.reputation import DEFAULT_SCORE, Reputation
@@ -196,3 +199,14 @@ def test_reputation_table() -> None:
         with pytest.raises(ValueError):
             rep.set(b"p", bad)  # type: ignore[arg-type]
     assert Reputation(default=0).score(b"x") == 0
+
+
+def test_reputation_does_not_keep_books_alive() -> None:
+    rep = Reputation()
+    book = OfferBook(reputation=rep)
+    ref = weakref.ref(book)
+    del book
+    gc.collect()
+    assert ref() is None
+    rep.set(b"p", 7)  # a dead subscriber is dropped, not called
+    assert rep._listeners == []

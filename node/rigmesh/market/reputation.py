@@ -12,6 +12,8 @@ ranking, so it subscribes to changes here (`subscribe`) instead of polling.
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable
 
 MIN_SCORE = 0
@@ -29,7 +31,9 @@ class Reputation:
         _check_score(default)
         self.default = default
         self._scores: dict[bytes, int] = {}
-        self._listeners: list[Listener] = []
+        # Bound methods are held weakly: an offer book that subscribed and was dropped (a
+        # simulation creates thousands) must not stay alive through this table.
+        self._listeners: list[Callable[[], Listener | None]] = []
 
     def score(self, provider: bytes) -> int:
         return self._scores.get(provider, self.default)
@@ -43,8 +47,12 @@ class Reputation:
         else:
             self._scores[provider] = score
         if old != score:
-            for listener in self._listeners:
-                listener(provider, old, score)
+            for ref in list(self._listeners):
+                listener = ref()
+                if listener is None:
+                    self._listeners.remove(ref)
+                else:
+                    listener(provider, old, score)
 
     def adjust(self, provider: bytes, delta: int) -> int:
         """Add `delta` (positive: good settlement, negative: a failure), clamped; returns the new
@@ -56,10 +64,17 @@ class Reputation:
         return new
 
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        if inspect.ismethod(listener):
+            self._listeners.append(weakref.WeakMethod(listener))
+        else:
+            self._listeners.append(lambda: listener)
 
     def unsubscribe(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
+        for ref in self._listeners:
+            if ref() == listener:
+                self._listeners.remove(ref)
+                return
+        raise ValueError("not subscribed")
 
     def __len__(self) -> int:
         return len(self._scores)
