@@ -70,28 +70,31 @@ def decode(data: bytes, *, max_size: int) -> Any:
 _INT_MIN, _INT_MAX = -(2**64), 2**64 - 1
 _SCALARS = frozenset({str, bytes, bool, type(None)})
 
+#: Key tuples already found in canonical order. Every map of a given message kind has the same
+#: keys, so after the first message the order check is one set lookup. Bounded: cleared when full,
+#: so a peer sending endless new key sets costs itself time, not us memory.
+_ORDERED_KEYS: set[tuple[object, ...]] = set()
+_ORDERED_KEYS_MAX = 4096
+
 
 def _check_model(value: Any) -> None:
     """Only the data model our messages use, with map keys in canonical order.
 
     No floats, no tags (cbor2 decodes some tags, such as bignums and dates, before any hook sees
-    them), integers within 64 bits, text map keys sorted by encoded length then bytewise. UTF-8
-    preserves code point order, so comparing Python strings of equal encoded length is comparing
-    their bytes.
+    them), integers within 64 bits, text map keys in canonical order.
     """
     stack = [value]
     while stack:
         v = stack.pop()
         t = type(v)
         if t is dict:
-            prev_len, prev = -1, ""
-            for k, item in v.items():
-                if type(k) is not str:
-                    raise Malformed("map keys must be text strings")
-                n = len(k) if k.isascii() else len(k.encode())
-                if n < prev_len or (n == prev_len and k <= prev):
-                    raise NotCanonical(f"map key {k!r} out of canonical order")
-                prev_len, prev = n, k
+            keys = tuple(v)
+            if keys not in _ORDERED_KEYS:
+                _check_key_order(keys)
+                if len(_ORDERED_KEYS) >= _ORDERED_KEYS_MAX:
+                    _ORDERED_KEYS.clear()
+                _ORDERED_KEYS.add(keys)
+            for item in v.values():
                 ti = type(item)
                 if ti is int:
                     if not _INT_MIN <= item <= _INT_MAX:
@@ -105,6 +108,19 @@ def _check_model(value: Any) -> None:
                 raise Malformed("integer outside 64 bits (bignum tags are not allowed)")
         elif t not in _SCALARS:
             raise Malformed(f"value of type {t.__name__} is not allowed")
+
+
+def _check_key_order(keys: tuple[object, ...]) -> None:
+    """Text keys sorted by encoded length, then bytewise. UTF-8 preserves code point order, so
+    comparing Python strings of equal encoded length compares their bytes."""
+    prev_len, prev = -1, ""
+    for k in keys:
+        if type(k) is not str:
+            raise Malformed("map keys must be text strings")
+        n = len(k) if k.isascii() else len(k.encode())
+        if n < prev_len or (n == prev_len and k <= prev):
+            raise NotCanonical(f"map key {k!r} out of canonical order")
+        prev_len, prev = n, k
 
 
 def _refuse_tag(decoder: object, tag: object) -> Any:
