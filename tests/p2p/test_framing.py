@@ -144,3 +144,22 @@ async def test_garbage_on_a_libp2p_stream_gets_a_typed_error_and_service_continu
         # garbage and the wrong chain reached the sync handler and count against the client;
         # the oversized frame was refused by the framing layer before any handler saw it
         assert gossip.counters["rejected"] == 2
+
+
+def test_spec_cddl_matches_the_encoders() -> None:
+    """spec/p2p.md's CDDL accepts what we send and refuses what we refuse."""
+    import re
+    from pathlib import Path
+
+    pycddl = pytest.importorskip("pycddl")
+    text = (Path(__file__).resolve().parents[2] / "spec" / "p2p.md").read_text()
+    sync_rules, error_rules = re.findall(r"```cddl\n(.*?)```", text, re.S)
+    req_rule, page_rest = sync_rules.split("sync_page", 1)
+    req, page = pycddl.Schema(req_rule), pycddl.Schema("sync_page" + page_rest)
+    req.validate_cbor(sync.SyncRequest(CHAIN, None, sync.MAX_PAGE).encode())
+    req.validate_cbor(sync.SyncRequest(CHAIN, b"k" * 39, 1).encode())
+    page.validate_cbor(sync.SyncPage([b"o" * 2048, b"p"], None).encode())
+    page.validate_cbor(sync.SyncPage([], b"k" * 39).encode())
+    pycddl.Schema(error_rules).validate_cbor(framing.error_frame_for(Malformed("x" * 999)))
+    with pytest.raises(Exception):  # noqa: B017 - pycddl raises its own ValidationError
+        req.validate_cbor(sync.SyncRequest(CHAIN, None, sync.MAX_PAGE + 1).encode())
