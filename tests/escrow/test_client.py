@@ -10,7 +10,6 @@ from functools import partial
 
 import pytest
 import trio
-from conftest import MAX_WINDOW, MIN_WINDOW, TestChain, key
 from web3 import Web3
 
 from rigmesh.escrow.client import AsyncEscrowClient, EscrowClient
@@ -29,6 +28,7 @@ from rigmesh.escrow.errors import (
 )
 from rigmesh.escrow.model import ETH, Event, Status
 from rigmesh.wire.eip712 import EthKey, Receipt, Terms
+from tests.escrow.chains import MAX_WINDOW, MIN_WINDOW, TestChain, key
 
 PRICE = 1_000  # per second
 DEPOSIT = 1_000_000

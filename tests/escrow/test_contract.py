@@ -5,7 +5,6 @@ a chain can show (reentrancy guard, gas targets)."""
 from __future__ import annotations
 
 import pytest
-from conftest import MIN_WINDOW, TestChain, key
 from web3 import Web3
 
 from rigmesh.escrow import errors
@@ -14,6 +13,7 @@ from rigmesh.escrow.contract import escrow_artifact, terms_arg, token_artifact
 from rigmesh.escrow.model import ETH, MAX_DEPOSIT, MAX_TIMESTAMP
 from rigmesh.wire import eip712
 from rigmesh.wire.eip712 import Receipt, Terms
+from tests.escrow.chains import MIN_WINDOW, TestChain, key
 
 
 def test_error_table_matches_the_abi() -> None:

@@ -1,7 +1,7 @@
 """The executable escrow model on its own: no chain, pure and fast.
 
 The differential test proves the model equals the contract; these tests pin the semantics the
-protocol relies on (spec: /tmp/briefs/escrow_semantics.md, contracts/src/IRentalEscrow.sol) in
+protocol relies on (contracts/src/IRentalEscrow.sol and RentalEscrow.sol NatSpec) in
 readable form, and the check order where several checks fail at once.
 """
 

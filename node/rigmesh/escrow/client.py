@@ -27,7 +27,6 @@ from __future__ import annotations
 import ast
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -493,7 +492,8 @@ class EscrowClient:
             )
             raw = bytes(signed.raw_transaction)
             # Recorded before broadcast: if we crash between the two, the retry re-sends it.
-            self.journal[op_id or f"anon-{uuid.uuid4()}"] = raw
+            if op_id is not None:
+                self.journal[op_id] = raw
             try:
                 self.w3.eth.send_raw_transaction(raw)
             except Exception as e:
