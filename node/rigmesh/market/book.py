@@ -36,6 +36,11 @@ Index (why a query over 100,000 offers looks at a few dozen):
   bucket holds more than twice as many entries as live offers (rebuilt from the live ones).
 - Reputation changes re-index that provider's offers (at most ``max_listings_per_provider``):
   the book subscribes to its `Reputation` table.
+- Not indexed: ``min_reputation``, ``interruptible``, zone, CPU and RAM filters are checked per
+  entry on the walk, so a query that only a few percent of a bucket pass walks correspondingly
+  further (the benchmark's slowest queries are ``min_reputation=600`` ones, a few ms).
+
+`len(book)` and iteration count held offers, including expired ones `expire` has not swept yet.
 """
 
 from __future__ import annotations
