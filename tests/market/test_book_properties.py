@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +20,9 @@ from rigmesh.market.book import Ingest, OfferBook
 from rigmesh.market.offer import MAX_CLOCK_SKEW, MAX_OFFER_TTL, Offer
 from rigmesh.market.query import OfferQuery, Sort, naive_query
 from rigmesh.market.reputation import Reputation
-from rigmesh.wire.errors import Expired, NotYetValid, RateLimited, Replayed
+from rigmesh.wire.errors import Expired, NotYetValid, RateLimited, Replayed, WireError
 
-from .factory import A100, H100, L4, NOW, RTX4090, USDC, make_offer, peer, unsigned
+from .factory import A100, H100, L4, NOW, RTX4090, USDC, make_offer, peer, signed, unsigned
 
 GPUS = [H100, A100, RTX4090, L4, ("NVIDIA H100 PCIe", 81559), None]
 NEEDLES = ["h100", "H100 ", "a100", "rtx", "nvidia", "pcie", "l4", "x"]
@@ -195,3 +196,32 @@ def test_interleavings_follow_the_model(ops: list[tuple[str, Any]]) -> None:
         if cursor is None:
             break
     assert [s.offer.key for s in paged] == sorted(model.live(now))
+
+
+@functools.cache
+def _valid_encoding() -> bytes:
+    return signed(1).encoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mangled_bytes_only_raise_wire_errors(data: st.DataObject) -> None:
+    raw = bytearray(_valid_encoding())
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(("flip", "cut", "insert")))
+        if op == "flip":
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del raw[i:]
+            if not raw:
+                break
+        else:
+            raw.insert(i, data.draw(st.integers(0, 255)))
+    book = OfferBook()
+    try:
+        result, got = book.ingest(bytes(raw), NOW)
+    except WireError:
+        assert len(book) == 0
+    else:  # a flip that still verifies can only be in an unsigned-irrelevant spot: none exist
+        assert bytes(raw) == _valid_encoding() and result is Ingest.ADDED and got.encoded == raw
