@@ -53,14 +53,13 @@ from collections.abc import Callable, Iterable, Iterator
 from sortedcontainers import SortedList
 
 from rigmesh.market.offer import (
-    KIND,
-    MAX_OFFER_SIZE,
     MAX_OFFER_TTL,
     BindingCache,
     Offer,
     SignedOffer,
     check_time,
-    parse_offer,
+    read_offer,
+    verify_offer,
 )
 from rigmesh.market.query import (
     MAX_LIMIT,
@@ -73,15 +72,12 @@ from rigmesh.market.query import (
 from rigmesh.market.reputation import Reputation
 from rigmesh.wire import identity
 from rigmesh.wire.errors import (
-    BadSignature,
     InvalidField,
     RateLimited,
     Replayed,
     WrongChain,
 )
-from rigmesh.wire.message import open_envelope, signing_input
 
-_KINDS = frozenset({KIND})
 #: Index slot of each ranking in a bucket.
 _SORT_SLOT = {Sort.PRICE: 0, Sort.PRICE_PER_VRAM_GIB: 1, Sort.SCORE: 2}
 #: A bucket's index is rebuilt once stale entries exceed live ones by this much (amortizes).
@@ -181,19 +177,10 @@ class OfferBook:
         """Decode, check, verify and insert one offer received from the network (or the disk).
 
         The steps are those of `offer.decode_offer`, with the book's own checks (chain, seq,
-        limits) moved in front of the signature checks."""
-        m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=_KINDS)
-        offer, sig = parse_offer(m)
-        check_time(offer, now)
+        limits) between the cheap checks and the signature checks."""
+        offer, sig, unsigned = read_offer(data, now)
         rec = self._admit(offer, now)
-        del m["sig"]
-        identity.verify(
-            identity.public_key_from_peer_id(offer.provider), signing_input(m, ordered=True), sig
-        )
-        try:
-            self.bindings.check(offer.provider, offer.payee, offer.payee_sig)
-        except BadSignature as exc:
-            raise BadSignature(f"payee binding: {exc.detail}") from None
+        verify_offer(offer, sig, unsigned, self.bindings)
         signed = SignedOffer(offer=offer, sig=sig, encoded=bytes(data))
         return self._apply(signed, rec, now), signed
 

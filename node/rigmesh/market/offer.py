@@ -285,20 +285,37 @@ def check_time(offer: Offer, now: int) -> None:
 
 
 
-def decode_offer(
-    data: bytes, now: int, bindings: BindingCache | None = None
-) -> SignedOffer:
-    """Decode, validate and verify one offer: TooLarge, Malformed, NotCanonical, UnknownVersion,
-    UnknownKind, InvalidField, Expired, NotYetValid or BadSignature, else a `SignedOffer`."""
+def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, dict[str, Any]]:
+    """The cheap checks of an offer, everything but its signatures: TooLarge, Malformed,
+    NotCanonical, UnknownVersion, UnknownKind, InvalidField, Expired or NotYetValid. Returns the
+    offer, its signature and the unsigned message for `verify_offer`.
+
+    Split from the verification so a book can put its own cheap checks (chain, seq) in between:
+    a flood of replays then costs no signature checks."""
     m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=frozenset({KIND}))
     offer, sig = parse_offer(m)
     check_time(offer, now)
     del m["sig"]
+    return offer, sig, m
+
+
+def verify_offer(
+    offer: Offer, sig: bytes, unsigned: dict[str, Any], bindings: BindingCache
+) -> None:
+    """BadSignature unless the provider's key signed `unsigned` and the payee binding holds."""
     identity.verify(
-        identity.public_key_from_peer_id(offer.provider), signing_input(m, ordered=True), sig
+        identity.public_key_from_peer_id(offer.provider),
+        signing_input(unsigned, ordered=True),
+        sig,
     )
     try:
-        (bindings or BindingCache(1)).check(offer.provider, offer.payee, offer.payee_sig)
+        bindings.check(offer.provider, offer.payee, offer.payee_sig)
     except BadSignature as exc:
         raise BadSignature(f"payee binding: {exc.detail}") from None
+
+
+def decode_offer(data: bytes, now: int, bindings: BindingCache | None = None) -> SignedOffer:
+    """Decode, validate and verify one offer (`read_offer`, then `verify_offer`)."""
+    offer, sig, unsigned = read_offer(data, now)
+    verify_offer(offer, sig, unsigned, bindings or BindingCache(1))
     return SignedOffer(offer=offer, sig=sig, encoded=bytes(data))
