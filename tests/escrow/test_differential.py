@@ -356,7 +356,7 @@ class Sequence:
                 "time", "deposit", "permit", "withdraw", "open", "openFor", "topUp", "claim",
                 "settle", "requestClose", "finalize",
             ],
-            weights=[14, 8, 3, 6, 8, 4, 4, 20, 8, 5, 5],
+            weights=[14, 8, 4, 6, 8, 4, 4, 20, 8, 7, 5],
         )[0]  # fmt: skip
         fn = self.abi.fn
         if kind == "time":
@@ -480,7 +480,7 @@ class Sequence:
         signer = KEYS["renterB"] if owner == ADDR["renterB"] else KEYS["renterA"]
         if not valid and self.rng.random() < 0.15:
             deadline = now - 1
-        if not valid and self.rng.random() < 0.1:
+        if not valid and self.rng.random() < 0.2:
             signer = KEYS["eve"]
         v, r, s = 27, bytes(32), bytes(32)
         permit_signer = signer.address
