@@ -27,6 +27,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, ReentrancyGuardTransient {
     /// (year 36812, so it changes nothing a chain can observe except `rentalState`'s number).
     uint256 public constant MAX_TIMESTAMP = (1 << 40) - 1;
 
+    /// @notice EIP-712 type hashes (spec/escrow.md §2); rigmesh.wire.eip712 defines the same strings.
     bytes32 public constant TERMS_TYPEHASH = keccak256(
         "Terms(address renter,address provider,address token,uint256 deposit,uint256 pricePerSecond,"
         "uint64 maxSeconds,uint64 challengeWindow,address receiptSigner,bytes32 agreementId)"

@@ -8,8 +8,11 @@ import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
 /// makes one call to `target` with `payload`, then disarms; if that call reverts, the transfer
 /// reverts with the same data, so tests see the escrow's own error.
 contract ReentrantToken is ERC20 {
+    /// @notice Contract the next transfer calls into.
     address public target;
+    /// @notice Calldata of that call.
     bytes public payload;
+    /// @notice Whether the next transfer makes the call (cleared when it does).
     bool public armed;
 
     constructor() ERC20("Reentrant", "REE") {}
