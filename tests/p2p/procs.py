@@ -8,6 +8,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,8 +21,10 @@ Event = dict[str, Any]
 class PeerProc:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "rigmesh.p2p.peer", *args]
+        # stderr goes to a file (libp2p logs a lot; a pipe nobody reads would fill and block)
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
             env={**os.environ, **(env or {})}, text=True, bufsize=1,
         )
         self.events: list[Event] = []
@@ -58,7 +61,9 @@ class PeerProc:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout}s for {count} events; have {len(found)}")
             if self.proc.poll() is not None:
-                raise RuntimeError(f"peer exited with {self.proc.returncode}")
+                self.stderr.seek(0)
+                tail = self.stderr.read()[-2000:]
+                raise RuntimeError(f"peer exited with {self.proc.returncode}: {tail}")
             time.sleep(0.02)
 
     def ready(self, timeout: float = 30.0) -> list[Event]:

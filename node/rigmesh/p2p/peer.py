@@ -57,7 +57,7 @@ class Emitter:
 
 class Node:
     def __init__(self, index: int, net: Libp2pNetwork, key: PeerKey, chain_id: int,
-                 gossip_config: dict[str, Any], emit: Emitter) -> None:
+                 gossip_config: dict[str, Any], emit: Emitter, rng: random.Random) -> None:
         self.index = index
         self.net = net
         self.key = key
@@ -66,7 +66,8 @@ class Node:
         self.provider = DemoProvider(key)
         self.gossip = OfferGossip(
             net, self.book, GossipConfig(chain_id=chain_id, **gossip_config),
-            clock=lambda: int(time.time()), signer=key, on_event=lambda e: emit(index, e),
+            clock=lambda: int(time.time()), rng=rng, signer=key,
+            on_event=lambda e: emit(index, e),
         )
 
     def forged(self, seq: int, listing: int) -> bytes:
@@ -172,7 +173,8 @@ async def main_async(args: argparse.Namespace) -> None:
             net = await stack.enter_async_context(
                 open_libp2p_network(key, [args.listen], mdns=args.mdns)
             )
-            node = Node(i, net, key, args.chain_id, gossip_config, emit)
+            rng = random.Random(None if args.seed is None else args.seed * 1000 + i)
+            node = Node(i, net, key, args.chain_id, gossip_config, emit, rng)
             await node.gossip.start()
             nodes.append(node)
         done = trio.Event()
@@ -208,8 +210,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="event kinds not to print (e.g. offer, published)")
     p.add_argument("--seed", type=int, default=None, help="seed of the peer-choice generator")
     args = p.parse_args(argv)
-    if args.seed is not None:
-        random.seed(args.seed)
     trio.run(main_async, args)
 
 
