@@ -23,7 +23,7 @@ def diff_chain():  # type: ignore[no-untyped-def]
     return Chain()
 
 
-@pytest.fixture(scope="module", params=["pyevm", "anvil"])
+@pytest.fixture(scope="module", params=["pyevm", pytest.param("anvil", marks=pytest.mark.anvil)])
 def chain_module(request: pytest.FixtureRequest) -> Iterator[TestChain]:
     if request.param == "pyevm":
         yield pyevm_chain()
