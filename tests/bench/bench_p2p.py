@@ -274,7 +274,7 @@ def main() -> None:
     mem = memory_propagation(edges, hop)
     ms = 1000.0
     print()
-    print("propagation, publish -> last of 49 other hosts")
+    print(f"propagation, publish -> last of the {N - 1} other hosts")
     print(f"{'network':<26}{'offers':>8}{'p50 ms':>10}{'p99 ms':>10}{'bound p50':>11}"
           f"{'bound p99':>11}{'p99/bound':>11}")
     print(f"{'libp2p loopback (real)':<26}{prop['complete']:>8}{prop['p50'] * ms:>10.1f}"
