@@ -139,3 +139,27 @@ def test_runs_repeat_bit_for_bit_with_a_seed_and_anti_entropy_repairs_loss() -> 
     assert sizes_a == sizes_b == [15] * 15
     log_c, _ = lossy_run(8)
     assert log_c != log_a
+
+
+async def test_full_book_ignores_without_penalizing_the_forwarder() -> None:
+    """RateLimited from our own book (full, or the origin over its listings) is not the
+    forwarder's fault: IGNORE, no penalty, no ban."""
+    from rigmesh.market.book import OfferBook
+    from rigmesh.p2p.gossip import GossipConfig, OfferGossip
+    from rigmesh.p2p.memory import MemoryHub
+    from rigmesh.p2p.network import Verdict
+    from tests.factories import NOW, Provider
+
+    hub = MemoryHub(seed=7)
+    me, forwarder = Provider(70), Provider(71)
+    book = OfferBook(chain_id=CHAIN_ID, max_offers=1)
+    gossip = OfferGossip(hub.node(me.peer_id), book, GossipConfig(chain_id=CHAIN_ID),
+                         clock=lambda: NOW)
+    first = Provider(72).signed(chain_id=CHAIN_ID).encoded
+    second = Provider(73).signed(chain_id=CHAIN_ID).encoded
+    assert await gossip._on_gossip(forwarder.peer_id, first) is Verdict.ACCEPT
+    for _ in range(50):
+        assert await gossip._on_gossip(forwarder.peer_id, second) is Verdict.IGNORE
+    assert gossip.counters["book_limited"] == 50
+    assert "rejected" not in gossip.counters
+    assert not gossip.network.is_banned(forwarder.peer_id)

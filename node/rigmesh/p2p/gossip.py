@@ -206,6 +206,10 @@ class OfferGossip:
         except Replayed:
             self.counters["replayed"] = self.counters.get("replayed", 0) + 1
             return Verdict.IGNORE
+        except RateLimited:
+            # Our book is full, or the origin has too many listings: not the forwarder's fault.
+            self.counters["book_limited"] = self.counters.get("book_limited", 0) + 1
+            return Verdict.IGNORE
         except WireError as exc:
             if self._reject(peer, exc, mono):
                 await self._ban(peer)
