@@ -370,14 +370,18 @@ async def test_runaway_forking_daemons_are_all_killed(runner: SubprocessRunner) 
     code = """
     import os, time
     os.write(1, os.environ["RIGMESH_JOB_TOKEN"].encode() + b"\\n")
+    # Self-limiting: if this test run is itself killed before the runner can stop the job,
+    # the spawner dies of old age instead of outliving the suite and starving the machine.
+    give_up = time.time() + 30
     def spawn_forever():
-        while True:
+        while time.time() < give_up:
             if os.fork() == 0:
                 os.setsid()
                 time.sleep(0.005)
                 continue       # the child becomes the spawner
             time.sleep(0.01)
             os._exit(0)        # the parent leaves its child orphaned
+        os._exit(0)
     if os.fork() == 0:
         spawn_forever()
     time.sleep(60)
