@@ -54,6 +54,11 @@ bench: setup
 	  echo; echo "=== $$f"; $(PY) $$f || exit 1; \
 	done
 
+# Rebuild node/rigmesh/escrow/artifacts/*.json after editing contracts/src (the suite checks that
+# the committed artifacts equal a fresh compile).
+artifacts: $(NODE_STAMP)
+	cd contracts && node tools/build-artifacts.js
+
 # Regenerate spec/vectors from the fixed test keys (the suite fails if they drift from the code).
 vectors: $(PY_STAMP)
 	$(PY) spec/vectors/generate.py
