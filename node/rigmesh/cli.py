@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from rigmesh.store.keys import FAST, STANDARD, KeyStore, KeyStoreError
+from rigmesh.store.keys import FAST, STANDARD, KeyStore, KeyStoreError, NodeKeys
 from rigmesh.wire import identity
 
 DEFAULT_HOME = Path(os.environ.get("RIGMESH_HOME", Path.home() / ".rigmesh"))
@@ -23,27 +23,27 @@ def _password(args: argparse.Namespace) -> str:
     return getpass.getpass("key store password: ")
 
 
-def cmd_keys_init(args: argparse.Namespace) -> int:
-    store = KeyStore(args.home / "keys")
-    try:
-        keys = store.create(_password(args), cost=FAST if args.light_kdf else STANDARD)
-    except KeyStoreError as exc:
-        print(f"rigmesh: {exc}", file=sys.stderr)
-        return 1
+def _show(keys: NodeKeys) -> int:
     print(f"peer id  {identity.peer_id_to_text(keys.peer.peer_id)}")
     print(f"account  0x{keys.account.address.hex()}")
     return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    store = KeyStore(args.home / "keys")
+    try:
+        return _show(store.create(_password(args), cost=FAST if args.light_kdf else STANDARD))
+    except KeyStoreError as exc:
+        print(f"rigmesh: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
     try:
-        keys = KeyStore(args.home / "keys").load(_password(args))
+        return _show(KeyStore(args.home / "keys").load(_password(args)))
     except KeyStoreError as exc:
         print(f"rigmesh: {exc}", file=sys.stderr)
         return 1
-    print(f"peer id  {identity.peer_id_to_text(keys.peer.peer_id)}")
-    print(f"account  0x{keys.account.address.hex()}")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
