@@ -83,6 +83,9 @@ def test_offer_published_by_one_reaches_all_five(five: list[PeerProc]) -> None:
 
 def test_late_joiner_syncs_the_book(five: list[PeerProc], tmp_path: Path) -> None:
     cids = publish_from_each(five, listing=20)
+    # GossipSub keeps recent messages for gossip_history (5) heartbeats of 1 s and offers them
+    # to new peers by IHAVE/IWANT; wait that out, so only the sync can deliver them.
+    time.sleep(6)
     late = start(tmp_path, "late", [addr(five[2])])
     try:
         joined = late.wait_for(lambda e: e["event"] == "joined", timeout=STARTUP)[0]
