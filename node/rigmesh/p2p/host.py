@@ -1,10 +1,13 @@
-"""`Network` over py-libp2p 0.8.1: TCP, Noise, Yamux, GossipSub v1.2/v1.1.
+"""`Network` over py-libp2p 0.8.1: TCP, Noise, Yamux, GossipSub v1.1.
 
 Settings (DESIGN.md, "py-libp2p 0.8.1: settings that matter"; spec/p2p.md, "GossipSub"):
 
 - Security is Noise only: the library default also offers TLS, secio and plaintext, and a dialer
   may pick plaintext. Muxer is Yamux only.
-- GossipSub: D = 6 / 4 / 12, 1 s heartbeat, protocols [v1.2, v1.1]; spam protection off (it
+- GossipSub: D = 6 / 4 / 12, 1 s heartbeat, protocol v1.1 only (py-libp2p's v1.2 sends an
+  IDONTWANT control message to every mesh peer for every message, however small; go-libp2p
+  does so only from 1 KiB, and for our sub-2 KiB offers it doubled the CPU a message costs);
+  spam protection off (it
   dropped our own publishes past 10/s), adaptive gossip off (it stretched the heartbeat to 30 s),
   eclipse protection off (its IP-diversity rule fights a loopback test mesh). Rate limits and
   scores are ours (rigmesh.p2p.score).
@@ -15,6 +18,9 @@ Settings (DESIGN.md, "py-libp2p 0.8.1: settings that matter"; spec/p2p.md, "Goss
   layer's handler BEFORE GossipSub forwards it. libp2p's validation-result cache is disabled:
   it is keyed by message id alone, so a rate-limit drop from one peer would have rejected the
   same offer from every other peer for five minutes.
+- Yamux: py-libp2p's default (``PY_YAMUX_RELEASE_ON_READ`` on) writes a WINDOW_UPDATE frame
+  after every read, one more encrypted frame per gossip message received; we switch it off,
+  which gives go-yamux's rule (an update once half the window is consumed).
 - Outbound per-peer queues (32) and the subscription channel (32) drop silently when full; both
   are raised (process-wide: py-libp2p reads them from module globals), and the book sync's
   anti-entropy repairs what is still lost.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -41,7 +48,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub import pubsub as pubsub_mod
 from libp2p.pubsub import rpc_queue
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -80,10 +87,12 @@ class _BigRpcQueue(rpc_queue.RpcQueue):
         super().__init__(max_size)
 
 
-def _raise_queue_sizes() -> None:
+def _tune_library() -> None:
     # py-libp2p builds these with module-level defaults and offers no parameter.
     pubsub_mod.RpcQueue = _BigRpcQueue  # type: ignore[misc]
     pubsub_mod.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL
+    # Read by py-libp2p's Yamux at call time; an operator's own setting wins.
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 
 def key_pair_from(peer_key: PeerKey) -> KeyPair:
@@ -100,7 +109,7 @@ def _msg_id(msg: rpc_pb2.Message) -> bytes:
 
 def make_gossipsub() -> GossipSub:
     return GossipSub(
-        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+        protocols=[PROTOCOL_ID_V11],
         degree=6,
         degree_low=4,
         degree_high=12,
@@ -155,7 +164,7 @@ class Libp2pNetwork:
     _dial_lock: trio.Lock | None = None
 
     def __init__(self, key: PeerKey, *, mdns: bool = False) -> None:
-        _raise_queue_sizes()
+        _tune_library()
         self._key = key
         kp = key_pair_from(key)
         noise_key = create_new_x25519_key_pair().private_key
