@@ -13,7 +13,7 @@ all: test
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
-# fastecdsa (pulled in by libp2p) builds from source: gcc and libgmp headers. npm runs the
+# fastecdsa (pulled in by libp2p) and cbrrr build from source: gcc, libgmp headers. npm runs the
 # contract toolchain. Installed only when missing, so developer machines are left alone.
 system-deps:
 	@missing=""; \

@@ -52,8 +52,27 @@ def _decode_cbor(data: bytes) -> object:
     return value
 
 
+def _outcome(decode: Callable[[bytes], object], data: bytes) -> tuple[str, object]:
+    try:
+        # Canonical bytes tell True from 1 and 1 from 1.0, which == does not.
+        return ("accepted", cbor2.dumps(decode(data)))
+    except WireError as exc:
+        return ("refused", exc.code)
+
+
+def _fast_path_agrees(data: bytes) -> object:
+    """cbor.decode's C fast path may only accept what the strict path accepts, and every refusal
+    must carry the strict path's error code."""
+    fast = _outcome(lambda d: cbor.decode(d, max_size=4096), data)
+    assert fast == _outcome(cbor.decode_strict, data), data.hex()
+    if fast[0] == "refused":
+        raise cbor.Malformed("refused by both paths")
+    return fast
+
+
 DECODERS: dict[str, Callable[[bytes], object]] = {
     "cbor": _decode_cbor,
+    "cbor-fast-vs-strict": _fast_path_agrees,
     "offer": _decode_offer,
     "receipt": _decode_receipt,
 }

@@ -15,7 +15,7 @@ from libp2p.peer.id import ID
 
 from rigmesh.market.offer import BindingCache, Gpu, Region, decode_offer
 from rigmesh.rental.receipt import check_supersedes, decode_receipt, sign_receipt
-from rigmesh.wire import cbor, eip712, fields, identity
+from rigmesh.wire import cbor, eip712, fields, identity, message
 from rigmesh.wire.cid import message_cid
 from rigmesh.wire.errors import (
     BadSignature,
@@ -426,3 +426,44 @@ def test_receipt_supersedes() -> None:
         check_supersedes(eip712.Receipt(a.rental_id, 2, 10, 99, a.evidence), a)
     with pytest.raises(InvalidField):
         check_supersedes(eip712.Receipt(b"\x02" * 32, 2, 10, 100, a.evidence), a)
+
+
+# --- the signing input of a received message ----------------------------------------------------
+
+
+def _reference_signing_input(data: bytes) -> bytes:
+    m = cbor.decode_strict(data)
+    del m["sig"]
+    return message.signing_input(m)
+
+
+@given(
+    extra=st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(lambda k: k != "sig"),
+        st.integers(0, 2**64 - 1) | st.binary(max_size=80) | st.text(max_size=8),
+        max_size=40,
+    ),
+    sig=st.binary(min_size=64, max_size=64),
+    plant=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_received_signing_input_is_the_encoding_without_sig(
+    extra: dict[str, object], sig: bytes, plant: bool
+) -> None:
+    """Cutting the entry out equals encoding the map again: small and large map heads, and a
+    second copy of the entry's bytes planted in another field (then it must encode again)."""
+    m: dict[str, object] = {"v": 1, "kind": "x", **extra, "sig": sig}
+    if plant:
+        m["zz"] = b"\x63sig\x58\x40" + sig
+    data = cbor.encode(m)
+    decoded = cbor.decode(data, max_size=1 << 16)
+    assert message.received_signing_input(data, decoded) == _reference_signing_input(data)
+
+
+def test_received_signing_input_of_an_offer() -> None:
+    signed = Provider(7).signed()
+    decoded = cbor.decode(signed.encoded, max_size=4096)
+    assert len(decoded) > 24  # the two-byte map head
+    got = message.received_signing_input(signed.encoded, decoded)
+    assert got == _reference_signing_input(signed.encoded)
+    identity.verify(identity.public_key_from_peer_id(signed.offer.provider), got, signed.sig)

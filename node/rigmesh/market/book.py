@@ -178,9 +178,9 @@ class OfferBook:
 
         The steps are those of `offer.decode_offer`, with the book's own checks (chain, seq,
         limits) between the cheap checks and the signature checks."""
-        offer, sig, unsigned = read_offer(data, now)
+        offer, sig, signed = read_offer(data, now)
         rec = self._admit(offer, now)
-        verify_offer(offer, sig, unsigned, self.bindings)
+        verify_offer(offer, sig, signed, self.bindings)
         signed = SignedOffer(offer=offer, sig=sig, encoded=bytes(data))
         return self._apply(signed, rec, now), signed
 

@@ -20,7 +20,12 @@ from typing import Any, NamedTuple
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
 from rigmesh.wire.errors import BadSignature, Expired, InvalidField, Malformed, NotYetValid
-from rigmesh.wire.message import PROTOCOL_VERSION, open_envelope, signing_input
+from rigmesh.wire.message import (
+    PROTOCOL_VERSION,
+    open_envelope,
+    received_signing_input,
+    signing_input,
+)
 
 KIND = "offer"
 MAX_OFFER_SIZE = 2048
@@ -175,13 +180,16 @@ class SignedOffer:
     sig: bytes
     #: The canonical encoding as received or produced: gossip and sync forward these bytes as is.
     encoded: bytes = field(repr=False)
-    _cid: list[str] = field(default_factory=list, repr=False, compare=False)
+    _cid: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def cid(self) -> str:
-        if not self._cid:
-            self._cid.append(message_cid(self.encoded))
-        return self._cid[0]
+        # Computed on first use (ingest does not need it); frozen, hence object.__setattr__.
+        cid = self._cid
+        if cid is None:
+            cid = message_cid(self.encoded)
+            object.__setattr__(self, "_cid", cid)
+        return cid
 
 
 def bind_payee(peer_id: bytes, payee_key: eip712.EthKey) -> bytes:
@@ -285,29 +293,23 @@ def check_time(offer: Offer, now: int) -> None:
 
 
 
-def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, dict[str, Any]]:
+def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, bytes]:
     """The cheap checks of an offer, everything but its signatures: TooLarge, Malformed,
     NotCanonical, UnknownVersion, UnknownKind, InvalidField, Expired or NotYetValid. Returns the
-    offer, its signature and the unsigned message for `verify_offer`.
+    offer, its signature and the signing input for `verify_offer`.
 
     Split from the verification so a book can put its own cheap checks (chain, seq) in between:
     a flood of replays then costs no signature checks."""
     m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=frozenset({KIND}))
     offer, sig = parse_offer(m)
     check_time(offer, now)
-    del m["sig"]
-    return offer, sig, m
+    return offer, sig, received_signing_input(data, m)
 
 
-def verify_offer(
-    offer: Offer, sig: bytes, unsigned: dict[str, Any], bindings: BindingCache
-) -> None:
-    """BadSignature unless the provider's key signed `unsigned` and the payee binding holds."""
-    identity.verify(
-        identity.public_key_from_peer_id(offer.provider),
-        signing_input(unsigned, ordered=True),
-        sig,
-    )
+def verify_offer(offer: Offer, sig: bytes, signed: bytes, bindings: BindingCache) -> None:
+    """BadSignature unless the provider's key signed `signed` (the signing input) and the payee
+    binding holds."""
+    identity.verify(identity.public_key_from_peer_id(offer.provider), signed, sig)
     try:
         bindings.check(offer.provider, offer.payee, offer.payee_sig)
     except BadSignature as exc:
@@ -316,6 +318,6 @@ def verify_offer(
 
 def decode_offer(data: bytes, now: int, bindings: BindingCache | None = None) -> SignedOffer:
     """Decode, validate and verify one offer (`read_offer`, then `verify_offer`)."""
-    offer, sig, unsigned = read_offer(data, now)
-    verify_offer(offer, sig, unsigned, bindings or BindingCache(1))
+    offer, sig, signed = read_offer(data, now)
+    verify_offer(offer, sig, signed, bindings or BindingCache(1))
     return SignedOffer(offer=offer, sig=sig, encoded=bytes(data))

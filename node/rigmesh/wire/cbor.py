@@ -8,6 +8,14 @@ bool, null, arrays, maps with text keys).
 
 A received message must be byte-identical to the re-encoding of what it decodes to; otherwise two
 encodings of one message would have two ids and two signing inputs.
+
+Decoding has a fast path and a strict path with one rule between them: the fast path may only
+accept. cbrrr (a C DAG-CBOR decoder) refuses every non-canonical form itself: non-minimal
+integers and lengths, key order and duplicates, indefinite lengths, trailing bytes, tags other
+than 42. What it returns is accepted if a shallow walk finds nothing but our plain types (cbrrr
+also allows floats and CIDs, we do not). Anything else, any error included, goes to the strict
+path (cbor2 with every check spelled out), which decides and names the error. So the result,
+and the error code of a refusal, are the strict path's; a valid message costs a third as much.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import io
 from typing import Any
 
 import cbor2
+import cbrrr
 
 from rigmesh.wire.errors import Malformed, NotCanonical, TooLarge
 
@@ -46,6 +55,47 @@ def decode(data: bytes, *, max_size: int) -> Any:
         data = bytes(data)
     if len(data) > max_size:
         raise TooLarge(f"{len(data)} bytes > limit {max_size}")
+    try:
+        value = cbrrr.decode_dag_cbor(data)
+    except Exception:  # any refusal: the strict path names the error
+        return decode_strict(data)
+    if _plain(value):
+        return value
+    return decode_strict(data)
+
+
+#: The fast path leaves deeper nesting to the strict path, which enforces MAX_DEPTH exactly.
+_FAST_DEPTH = 4
+_PLAIN = frozenset({str, bytes, bool, type(None), int})
+
+
+def _plain(value: Any) -> bool:
+    """Only text-keyed maps, arrays and plain scalars, at most `_FAST_DEPTH` deep. cbrrr already
+    refused non-text keys and kept integers within 64 bits."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        t = type(v)
+        if t is dict:
+            items = v.values()
+        elif t is list:
+            items = v
+        else:
+            if t not in _PLAIN:
+                return False
+            continue
+        if depth >= _FAST_DEPTH:
+            return False
+        for item in items:
+            if type(item) not in _PLAIN:
+                stack.append((item, depth + 1))
+    return True
+
+
+def decode_strict(data: bytes) -> Any:
+    """The reference decoder: every rule checked in Python on cbor2's output. `decode` gives
+    the same result and the same error for every input (tests/wire/test_fuzz.py holds it to
+    that); it only adds the size limit and the fast path."""
     stream = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(

@@ -25,6 +25,32 @@ def signing_input(unsigned: dict[str, Any], *, ordered: bool = False) -> bytes:
     return SIGNATURE_DOMAIN + cbor.encode(unsigned, ordered=ordered)
 
 
+def received_signing_input(data: bytes, decoded: dict[str, Any]) -> bytes:
+    """`signing_input` of a received message: `data` (its canonical encoding, as `cbor.decode`
+    accepted it) with the ``sig`` entry cut out, rather than the map encoded again.
+
+    Removing one entry from a canonical map leaves the others in canonical order, so the cut
+    bytes are the canonical encoding of the message without ``sig``. The entry is found by its
+    exact bytes, which include the 64-byte signature; if they occur anywhere but once, the map
+    is encoded again instead.
+    """
+    sig = decoded["sig"]
+    entry = b"\x63sig\x58\x40" + sig  # text(3) "sig", bytes(64)
+    at = data.find(entry)
+    n = len(decoded)
+    if len(sig) != 64 or at < 0 or data.find(entry, at + 1) >= 0 or n > 255:
+        unsigned = dict(decoded)
+        del unsigned["sig"]
+        return signing_input(unsigned, ordered=True)
+    head = _map_head(n)
+    return SIGNATURE_DOMAIN + _map_head(n - 1) + data[len(head) : at] + data[at + len(entry) :]
+
+
+def _map_head(n: int) -> bytes:
+    """The canonical head of a map of `n` < 256 entries."""
+    return bytes((0xA0 + n,)) if n < 24 else bytes((0xB8, n))
+
+
 def open_envelope(data: bytes, *, max_size: int, kinds: frozenset[str]) -> dict[str, Any]:
     """Decode `data` and check the version and kind; the kind's parser checks the rest."""
     m = cbor.decode(data, max_size=max_size)
