@@ -39,7 +39,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -98,6 +98,20 @@ def _tune_library() -> None:
 def key_pair_from(peer_key: PeerKey) -> KeyPair:
     private = Ed25519PrivateKey.from_bytes(peer_key.seed)
     return KeyPair(private, private.get_public_key())
+
+
+def make_host(key: PeerKey, *, mdns: bool = False) -> IHost:
+    """A py-libp2p host as the node runs it: Noise only, Yamux only (see the module docstring).
+    Not started: run it with ``host.run(listen_addrs=...)``."""
+    _tune_library()
+    kp = key_pair_from(key)
+    noise_key = create_new_x25519_key_pair().private_key
+    return new_host(
+        key_pair=kp,
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=noise_key)},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        enable_mDNS=mdns,
+    )
 
 
 def _msg_id(msg: rpc_pb2.Message) -> bytes:
@@ -164,16 +178,8 @@ class Libp2pNetwork:
     _dial_lock: trio.Lock | None = None
 
     def __init__(self, key: PeerKey, *, mdns: bool = False) -> None:
-        _tune_library()
         self._key = key
-        kp = key_pair_from(key)
-        noise_key = create_new_x25519_key_pair().private_key
-        self.host = new_host(
-            key_pair=kp,
-            sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=noise_key)},
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            enable_mDNS=mdns,
-        )
+        self.host = make_host(key, mdns=mdns)
         self.router = make_gossipsub()
         self.pubsub = Pubsub(
             self.host,
