@@ -10,6 +10,7 @@ graph on the in-memory network in virtual time.
 - Propagation: >= 100 offers from random hosts, one every `SPACING` seconds; per offer,
   publish-to-last-host. The spacing lets each offer cross an otherwise idle network, so this is
   latency; what queueing adds is the sustained-rate part's business.
+- Peer exchange is off (`--target-peers 0`): the graph is the benchmark's.
 - Sustained rate: 10 publishers stream offers at rising total rates; delivery = accepted offers
   counted by the 49 other hosts / (offers x 49), gossip only (republish and anti-entropy off).
 - Memory network: the same graph, one-way latency = the measured median hop, virtual time.
@@ -82,7 +83,7 @@ class Net:
     def __init__(self) -> None:
         self.procs = [
             PeerProc("--count", str(PER_PROC), "--gossip", GOSSIP, "--mute", "synced",
-                     "--mute", "published")
+                     "--mute", "published", "--target-peers", "0")
             for _ in range(PROCS)
         ]
         self.addr: list[str] = []

@@ -28,6 +28,7 @@ from rigmesh.market.book import OfferBook
 from rigmesh.p2p.demo import DemoProvider
 from rigmesh.p2p.gossip import GossipConfig, OfferGossip
 from rigmesh.p2p.host import Libp2pNetwork, open_libp2p_network
+from rigmesh.p2p.peers import PeerExchange
 from rigmesh.wire import cbor
 from rigmesh.wire.identity import PeerKey, peer_id_to_text
 
@@ -57,7 +58,8 @@ class Emitter:
 
 class Node:
     def __init__(self, index: int, net: Libp2pNetwork, key: PeerKey, chain_id: int,
-                 gossip_config: dict[str, Any], emit: Emitter, rng: random.Random) -> None:
+                 gossip_config: dict[str, Any], emit: Emitter, rng: random.Random,
+                 target_peers: int) -> None:
         self.index = index
         self.net = net
         self.key = key
@@ -69,6 +71,8 @@ class Node:
             clock=lambda: int(time.time()), rng=rng, signer=key,
             on_event=lambda e: emit(index, e),
         )
+        self.peers = PeerExchange(net, target=target_peers, rng=rng,
+                                  on_event=lambda e: emit(index, e))
 
     def forged(self, seq: int, listing: int) -> bytes:
         """A well-formed offer with a zeroed signature (for the spam tests)."""
@@ -80,7 +84,8 @@ class Node:
 
 
 async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None:
-    """Commands: connect, join, publish, spam, book, peers (each with "node": index)."""
+    """Commands: connect, join, publish, stream, stats, spam, book, peers, top_up (each with
+    "node": index)."""
     name = cmd.get("cmd")
     node = nodes[int(cmd.get("node", 0))]
     if name == "connect":
@@ -129,6 +134,10 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
     elif name == "peers":
         emit(node.index, {"event": "peers",
                           "peers": [peer_id_to_text(p) for p in node.net.peers()]})
+    elif name == "top_up":
+        dialled = await node.peers.top_up()
+        emit(node.index, {"event": "topped_up", "dialled": dialled,
+                          "peers": len(node.net.peers())})
     else:
         emit(node.index, {"event": "error", "error": f"unknown command {name!r}"})
 
@@ -174,13 +183,16 @@ async def main_async(args: argparse.Namespace) -> None:
                 open_libp2p_network(key, [args.listen], mdns=args.mdns)
             )
             rng = random.Random(None if args.seed is None else args.seed * 1000 + i)
-            node = Node(i, net, key, args.chain_id, gossip_config, emit, rng)
+            node = Node(i, net, key, args.chain_id, gossip_config, emit, rng, args.target_peers)
             await node.gossip.start()
+            node.peers.start()
             nodes.append(node)
         done = trio.Event()
         async with trio.open_nursery() as nursery:
             for node in nodes:
                 nursery.start_soon(node.gossip.run)
+                if args.target_peers:
+                    nursery.start_soon(node.peers.run)
                 emit(node.index, {"event": "ready", "peer_id": peer_id_to_text(node.key.peer_id),
                                   "addrs": node.net.addrs()})
             if args.bootstrap:
@@ -194,6 +206,8 @@ async def main_async(args: argparse.Namespace) -> None:
 async def _join(node: Node, bootstrap: list[str], emit: Emitter) -> None:
     reached = await node.gossip.join(bootstrap)
     emit(node.index, {"event": "joined", "reached": len(reached), "book": len(node.book)})
+    if node.peers.target:
+        await node.peers.top_up()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chain-id", type=int, default=31337)
     p.add_argument("--gossip", default="", help="GossipConfig overrides as JSON")
     p.add_argument("--mdns", action="store_true", help="LAN discovery (see spec/p2p.md)")
+    p.add_argument("--target-peers", type=int, default=8,
+                   help="ask peers for more peers while below this many connections (0: never)")
     p.add_argument("--mute", action="append", default=[],
                    help="event kinds not to print (e.g. offer, published)")
     p.add_argument("--seed", type=int, default=None, help="seed of the peer-choice generator")
