@@ -110,18 +110,6 @@ _BucketKey = tuple[str | None, int, bytes]
 _Partition = dict[_BucketKey, "_Bucket"]
 
 
-class _Live:
-    """A held offer and the `gen` its current index entries carry."""
-
-    __slots__ = ("bucket", "country", "gen", "signed")
-
-    def __init__(self, signed: SignedOffer, bucket: _BucketKey, country: str) -> None:
-        self.signed = signed
-        self.gen = -1
-        self.bucket = bucket
-        self.country = country
-
-
 class _Bucket:
     __slots__ = ("consumed", "entries", "indexes", "keys", "max_vram", "pending")
 
@@ -156,7 +144,11 @@ class OfferBook:
         self.bindings = bindings if bindings is not None else BindingCache()
         self.reputation = reputation if reputation is not None else Reputation()
         self.reputation.subscribe(self._on_reputation)
-        self._live: dict[_Key, _Live] = {}
+        # A held offer is its SignedOffer in `_live` and the `gen` its current index entries carry
+        # in `_gens`: no per-offer record object, since the cyclic GC walks every long-lived
+        # one at each collection while the book grows (its buckets follow from the offer).
+        self._live: dict[_Key, SignedOffer] = {}
+        self._gens: dict[_Key, int] = {}
         self._by_provider: dict[bytes, set[int]] = {}
         # Every live offer sits in two buckets: one of the country-blind partition, for
         # queries without a country, and one of its country's partition.
@@ -178,11 +170,11 @@ class OfferBook:
 
         The steps are those of `offer.decode_offer`, with the book's own checks (chain, seq,
         limits) between the cheap checks and the signature checks."""
-        offer, sig, signed = read_offer(data, now)
-        rec = self._admit(offer, now)
-        verify_offer(offer, sig, signed, self.bindings)
-        signed = SignedOffer(offer=offer, sig=sig, encoded=bytes(data))
-        return self._apply(signed, rec, now), signed
+        offer, sig, signing_input = read_offer(data, now)
+        held = self._admit(offer, now)
+        verify_offer(offer, sig, signing_input, self.bindings)
+        signed = SignedOffer(offer, sig, bytes(data))
+        return self._apply(signed, held, now), signed
 
     def insert(self, signed: SignedOffer, now: int) -> Ingest:
         """Insert an offer whose signatures were already verified (our own, or `decode_offer`'s
@@ -190,16 +182,16 @@ class OfferBook:
         check_time(signed.offer, now)
         return self._apply(signed, self._admit(signed.offer, now), now)
 
-    def _admit(self, offer: Offer, now: int) -> _Live | None:
+    def _admit(self, offer: Offer, now: int) -> SignedOffer | None:
         """The book's cheap checks; raises without changing anything (except sweeping expired
-        offers to make room). Returns the held record of the offer's key, if any."""
+        offers to make room). Returns the held offer of the offer's key, if any."""
         if self.chain_id is not None and offer.chain_id != self.chain_id:
             raise WrongChain(f"chain {offer.chain_id}, this book holds chain {self.chain_id}")
         key = (offer.provider, offer.listing)
-        rec = self._live.get(key)
+        current = self._live.get(key)
         held = None
-        if rec is not None:
-            h = rec.signed.offer
+        if current is not None:
+            h = current.offer
             # An expired offer not swept yet guards its key exactly as its floor would.
             if h.issued + MAX_OFFER_TTL > now:
                 held = h.seq
@@ -209,11 +201,11 @@ class OfferBook:
                 held = floor[0]
         if held is not None and offer.seq <= held:
             raise Replayed(f"seq {offer.seq} is not newer than {held}")
-        if offer.capacity == 0 or (rec is not None and rec.signed.offer.expires > now):
-            return rec  # a withdrawal or a replacement never grows the book
+        if offer.capacity == 0 or (current is not None and current.offer.expires > now):
+            return current  # a withdrawal or a replacement never grows the book
         listings = self._by_provider.get(offer.provider)
         taken = len(listings) if listings else 0
-        if rec is not None:
+        if current is not None:
             taken -= 1  # the expired offer of this key goes when this one comes
         if taken >= self.max_listings_per_provider:
             self._expire_provider(offer.provider, now)
@@ -221,32 +213,30 @@ class OfferBook:
             taken = len(listings) if listings else 0
             if taken >= self.max_listings_per_provider:
                 raise RateLimited(f"provider already has {taken} listings")
-            rec = self._live.get(key)
-        if len(self._live) - (rec is not None) >= self.max_offers:
+            current = self._live.get(key)
+        if len(self._live) - (current is not None) >= self.max_offers:
             self.expire(now)
-            rec = self._live.get(key)
-            if len(self._live) - (rec is not None) >= self.max_offers:
+            current = self._live.get(key)
+            if len(self._live) - (current is not None) >= self.max_offers:
                 raise RateLimited(f"offer book full ({self.max_offers} offers)")
-        return rec
+        return current
 
-    def _apply(self, signed: SignedOffer, rec: _Live | None, now: int) -> Ingest:
+    def _apply(self, signed: SignedOffer, held: SignedOffer | None, now: int) -> Ingest:
         o = signed.offer
         key = (o.provider, o.listing)
-        if rec is not None and rec.signed.offer.expires <= now:
-            self._drop_expired(key, rec, now)
-            rec = None
+        if held is not None and held.offer.expires <= now:
+            self._drop_expired(key, held, now)
+            held = None
         if o.capacity == 0:
-            if rec is not None:
-                self._unlink(key, rec)
+            if held is not None:
+                self._unlink(key, held)
             self._set_floor(key, o.seq, o.issued + MAX_OFFER_TTL, now)
             self._emit(Change.WITHDRAWN, signed)
             return Ingest.WITHDRAWN
         self._floors.pop(key, None)  # the live offer's seq guards the key from now on
         bk = self._bucket_key(o)
-        country = o.region.country
-        if rec is None:
-            rec = _Live(signed, bk, country)
-            self._live[key] = rec
+        self._live[key] = signed
+        if held is None:
             listings = self._by_provider.get(o.provider)
             if listings is None:
                 self._by_provider[o.provider] = {o.listing}
@@ -257,18 +247,16 @@ class OfferBook:
                 self._page_pending.append(key)
             result, change = Ingest.ADDED, Change.ADDED
         else:
-            if rec.bucket != bk or rec.country != country:
-                self._leave_buckets(key, rec)
-                rec.bucket = bk
-                rec.country = country
-            rec.signed = signed
+            old_bk = self._bucket_key(held.offer)
+            old_country = held.offer.region.country
+            if old_bk != bk or old_country != o.region.country:
+                self._leave_buckets(key, old_bk, old_country)
             result, change = Ingest.REPLACED, Change.REPLACED
-        self._index(key, rec)
+        self._index(key, o, bk)
         heapq.heappush(self._expiry, (o.expires, o.provider, o.listing, o.seq))
         if len(self._expiry) > 2 * len(self._live) + _HEAP_SLACK:
             self._expiry = [
-                (r.signed.offer.expires, k[0], k[1], r.signed.offer.seq)
-                for k, r in self._live.items()
+                (s.offer.expires, k[0], k[1], s.offer.seq) for k, s in self._live.items()
             ]
             heapq.heapify(self._expiry)
         if self._listeners:
@@ -283,16 +271,18 @@ class OfferBook:
             return (None, 0, o.token)
         return (normalize_model(gpu.model), gpu.count, o.token)
 
-    def _index(self, key: _Key, rec: _Live) -> None:
-        """Give `rec` a fresh gen and queue it in its two buckets (`_sorted_index` sorts it in)."""
-        gen = rec.gen = next(self._gen)
+    def _index(self, key: _Key, o: Offer, bk: _BucketKey) -> None:
+        """Give the held offer `o` (bucket key `bk`) a fresh gen and queue it in its two buckets
+        (`_sorted_index` sorts it in)."""
+        gen = self._gens[key] = next(self._gen)
         entry = (key[0], key[1], gen)
-        vram = rec.signed.offer.gpu.vram_mib if rec.signed.offer.gpu is not None else 0
-        self._queue(self._coarse, rec.bucket, key, entry, vram)
-        part = self._by_country.get(rec.country)
+        vram = o.gpu.vram_mib if o.gpu is not None else 0
+        self._queue(self._coarse, bk, key, entry, vram)
+        country = o.region.country
+        part = self._by_country.get(country)
         if part is None:
-            part = self._by_country[rec.country] = {}
-        self._queue(part, rec.bucket, key, entry, vram)
+            part = self._by_country[country] = {}
+        self._queue(part, bk, key, entry, vram)
 
     def _queue(
         self, part: _Partition, bk: _BucketKey, key: _Key, entry: tuple[bytes, int, int],
@@ -311,10 +301,10 @@ class OfferBook:
             # stay, so their entries in the other partition stay valid).
             fresh = part[bk] = _Bucket()
             live = self._live
+            gens = self._gens
             for k in bucket.keys:
-                r = live[k]
-                fresh.pending.append((k[0], k[1], r.gen))
-                g = r.signed.offer.gpu
+                fresh.pending.append((k[0], k[1], gens[k]))
+                g = live[k].offer.gpu
                 if g is not None and g.vram_mib > fresh.max_vram:
                     fresh.max_vram = g.vram_mib
             fresh.keys = bucket.keys
@@ -330,12 +320,13 @@ class OfferBook:
         if start == len(pending):
             return bucket.indexes[slot]
         live = self._live
+        gens = self._gens
         fresh = []
         for provider, listing, gen in itertools.islice(pending, start, None):
-            rec = live.get((provider, listing))
-            if rec is None or rec.gen != gen:
+            key = (provider, listing)
+            if gens.get(key) != gen:
                 continue
-            o = rec.signed.offer
+            o = live[key].offer
             price = o.price_per_second
             if slot == 0:
                 primary = price
@@ -352,36 +343,38 @@ class OfferBook:
             bucket.consumed = [0, 0, 0]
         return index
 
-    def _leave_buckets(self, key: _Key, rec: _Live) -> None:
-        for part in (self._coarse, self._by_country[rec.country]):
-            bucket = part[rec.bucket]
+    def _leave_buckets(self, key: _Key, bk: _BucketKey, country: str) -> None:
+        for part in (self._coarse, self._by_country[country]):
+            bucket = part[bk]
             bucket.keys.discard(key)
             if not bucket.keys:
-                del part[rec.bucket]  # its (now all stale) entries go with it
-        if not self._by_country[rec.country]:
-            del self._by_country[rec.country]
+                del part[bk]  # its (now all stale) entries go with it
+        if not self._by_country[country]:
+            del self._by_country[country]
 
-    def _unlink(self, key: _Key, rec: _Live) -> None:
-        """Forget a live offer; its index entries turn stale (no live record has their gen)."""
+    def _unlink(self, key: _Key, held: SignedOffer) -> None:
+        """Forget a live offer; its index entries turn stale (no live offer has their gen)."""
         del self._live[key]
+        del self._gens[key]
         listings = self._by_provider[key[0]]
         listings.discard(key[1])
         if not listings:
             del self._by_provider[key[0]]
-        self._leave_buckets(key, rec)
+        self._leave_buckets(key, self._bucket_key(held.offer), held.offer.region.country)
 
     def _on_reputation(self, provider: bytes, old: int, new: int) -> None:
         for listing in tuple(self._by_provider.get(provider, ())):
             key = (provider, listing)
-            self._index(key, self._live[key])
+            o = self._live[key].offer
+            self._index(key, o, self._bucket_key(o))
 
     # -- expiry and floors -------------------------------------------------------------------
 
-    def _drop_expired(self, key: _Key, rec: _Live, now: int) -> None:
-        self._unlink(key, rec)
-        o = rec.signed.offer
+    def _drop_expired(self, key: _Key, held: SignedOffer, now: int) -> None:
+        self._unlink(key, held)
+        o = held.offer
         self._set_floor(key, o.seq, o.issued + MAX_OFFER_TTL, now)
-        self._emit(Change.EXPIRED, rec.signed)
+        self._emit(Change.EXPIRED, held)
 
     def _set_floor(self, key: _Key, seq: int, until: int, now: int) -> None:
         if until <= now:
@@ -406,10 +399,10 @@ class OfferBook:
         while heap and heap[0][0] <= now:
             _, provider, listing, seq = heapq.heappop(heap)
             key = (provider, listing)
-            rec = live.get(key)
-            if rec is not None and rec.signed.offer.seq == seq:
-                self._drop_expired(key, rec, now)
-                out.append(rec.signed)
+            held = live.get(key)
+            if held is not None and held.offer.seq == seq:
+                self._drop_expired(key, held, now)
+                out.append(held)
         fheap = self._floor_heap
         floors = self._floors
         while fheap and fheap[0][0] <= now:
@@ -421,24 +414,23 @@ class OfferBook:
     def _expire_provider(self, provider: bytes, now: int) -> None:
         for listing in tuple(self._by_provider.get(provider, ())):
             key = (provider, listing)
-            rec = self._live[key]
-            if rec.signed.offer.expires <= now:
-                self._drop_expired(key, rec, now)
+            held = self._live[key]
+            if held.offer.expires <= now:
+                self._drop_expired(key, held, now)
 
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, provider: bytes, listing: int) -> SignedOffer | None:
         """The held offer (possibly past its expiry if `expire` has not run since)."""
-        rec = self._live.get((provider, listing))
-        return rec.signed if rec is not None else None
+        return self._live.get((provider, listing))
 
     def seq_of(self, provider: bytes, listing: int) -> int | None:
         """The seq a new offer of this key must exceed: the held offer's, else the floor left by
         a withdrawal or expiry, else None."""
         key = (provider, listing)
-        rec = self._live.get(key)
-        if rec is not None:
-            return rec.signed.offer.seq
+        held = self._live.get(key)
+        if held is not None:
+            return held.offer.seq
         floor = self._floors.get(key)
         return floor[0] if floor is not None else None  # (until `expire` lapses it)
 
@@ -446,7 +438,7 @@ class OfferBook:
         return len(self._live)
 
     def __iter__(self) -> Iterator[SignedOffer]:
-        return iter([rec.signed for rec in self._live.values()])
+        return iter(list(self._live.values()))
 
     def page(self, after: bytes | None, limit: int) -> tuple[list[SignedOffer], bytes | None]:
         """Held offers ordered by key bytes (provider || listing byte), after the cursor `after`.
@@ -473,13 +465,13 @@ class OfferBook:
             else self._page
         )
         for key in keys:
-            rec = live.get(key)
-            if rec is None:
+            held = live.get(key)
+            if held is None:
                 continue
             if len(out) == limit:
                 last = out[-1].offer
                 return out, last.provider + bytes((last.listing,))
-            out.append(rec.signed)
+            out.append(held)
         return out, None
 
     def query(self, q: OfferQuery, now: int) -> list[SignedOffer]:
@@ -527,17 +519,19 @@ class OfferBook:
             ceiling = None
         limit = q.limit if q.limit is not None else len(self._live)
         live = self._live
+        gens = self._gens
         score = self.reputation.score
         matches = q.matches
         out: list[SignedOffer] = []
         for primary, _, provider, listing, gen in entries:
             if ceiling is not None and primary > ceiling:
                 break  # sorted by price: nothing further can match
-            rec = live.get((provider, listing))
-            if rec is None or rec.gen != gen:
+            key = (provider, listing)
+            if gens.get(key) != gen:
                 continue  # stale entry of a replaced or removed offer
-            if matches(rec.signed.offer, score(provider), now):
-                out.append(rec.signed)
+            signed = live[key]
+            if matches(signed.offer, score(provider), now):
+                out.append(signed)
                 if len(out) >= limit:
                     break
         return out
@@ -547,15 +541,17 @@ class OfferBook:
     ) -> list[SignedOffer]:
         """Every match among the entries of `sources`, sorted by `q`'s ranking, first q.limit."""
         live = self._live
+        gens = self._gens
         score = self.reputation.score
         hits = []
         for source in sources:
             for _, _, provider, listing, gen in source:
-                rec = live.get((provider, listing))
-                if rec is not None and rec.gen == gen:
+                key = (provider, listing)
+                if gens.get(key) == gen:
+                    signed = live[key]
                     rep = score(provider)
-                    if q.matches(rec.signed.offer, rep, now):
-                        hits.append((q.sort_key(rec.signed.offer, rep), rec.signed))
+                    if q.matches(signed.offer, rep, now):
+                        hits.append((q.sort_key(signed.offer, rep), signed))
         hits.sort(key=lambda h: h[0])
         return [h[1] for h in (hits if q.limit is None else hits[: q.limit])]
 

@@ -12,10 +12,12 @@ than what a node already holds is the offer book's question (market/book.py).
 
 from __future__ import annotations
 
+import operator
 import re
+import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
@@ -28,6 +30,7 @@ from rigmesh.wire.message import (
 )
 
 KIND = "offer"
+_KINDS = frozenset({KIND})
 MAX_OFFER_SIZE = 2048
 #: An offer may live at most this long; providers republish well before (p2p/gossip.py).
 MAX_OFFER_TTL = 24 * 3600
@@ -37,6 +40,12 @@ MAX_CAPACITY = 1024
 MAX_TEXT = 64
 
 _COUNTRY = re.compile(r"[A-Z]{2}\Z")
+#: Every string `_COUNTRY` matches (a set lookup is cheaper than the regex).
+_COUNTRIES = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
+#: Builds a NamedTuple from a tuple of its fields without the generated ``__new__``'s Python
+#: call (about half the cost of `Offer(...)`); used where the fields were just validated.
+_tuple_new = tuple.__new__
+_T = TypeVar("_T")
 
 _OFFER_KEYS = frozenset(
     {
@@ -70,6 +79,20 @@ class Gpu(NamedTuple):
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Gpu:
         fields.exact_keys(m, _GPU_KEYS, "gpu")
+        model, vram_mib, count = m["model"], m["vram_mib"], m["count"]
+        cc, driver, cuda = m["compute_capability"], m["driver"], m["cuda"]
+        # Fast path for the usual GPU: exact types, in range, ASCII text (whose UTF-8 length is
+        # its length). It only accepts; anything else takes the field readers below, which raise
+        # the first fault in field order (or accept non-ASCII text that fits).
+        if (
+            type(model) is str and type(cc) is str and type(driver) is str and type(cuda) is str
+            and type(vram_mib) is int and type(count) is int
+            and 1 <= vram_mib <= 2**32 and 1 <= count <= 64
+            and 1 <= len(model) <= MAX_TEXT and len(cc) <= 8 and len(driver) <= 32
+            and len(cuda) <= 16
+            and model.isascii() and cc.isascii() and driver.isascii() and cuda.isascii()
+        ):
+            return _intern(_GPUS, _tuple_new(cls, (model, vram_mib, count, cc, driver, cuda)))
         return cls(
             model=fields.text(m, "model", min_len=1, max_len=MAX_TEXT),
             vram_mib=fields.uint(m, "vram_mib", low=1, high=2**32),
@@ -92,10 +115,36 @@ class Region(NamedTuple):
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Region:
         fields.exact_keys(m, _REGION_KEYS, "region")
+        country, zone = m["country"], m["zone"]
+        # Fast path, as in `Gpu.from_wire`: a valid code and a short ASCII zone.
+        if (
+            type(country) is str and country in _COUNTRIES
+            and type(zone) is str and len(zone) <= MAX_TEXT and zone.isascii()
+        ):
+            return _intern(_REGIONS, _tuple_new(cls, (country, zone)))
         country = fields.text(m, "country", max_len=2)
         if not _COUNTRY.match(country):
             raise InvalidField("region.country: expected two upper-case letters")
         return cls(country=country, zone=fields.text(m, "zone", max_len=MAX_TEXT))
+
+
+#: One shared instance of each GPU group and region seen (offers repeat a handful of them).
+#: NamedTuples stay tracked by the cyclic GC for life, and every collection while the book grows
+#: walks them all: sharing them makes ingest cheaper by more than the lookup. Only values that
+#: passed the strict checks go in, so a hit is an equal, valid value (bounded; clearing is fine).
+_GPUS: dict[Gpu, Gpu] = {}
+_REGIONS: dict[Region, Region] = {}
+_INTERN_MAX = 4096
+
+
+def _intern(table: dict[_T, _T], value: _T) -> _T:
+    held = table.get(value)
+    if held is not None:
+        return held
+    if len(table) >= _INTERN_MAX:
+        table.clear()
+    table[value] = value
+    return value
 
 
 class Offer(NamedTuple):
@@ -237,6 +286,16 @@ _UINT_FIELDS = (
 )
 
 
+#: The fixed-size byte fields of an offer and their sizes.
+_BYTES_FIELDS = (
+    ("provider", identity.PEER_ID_SIZE), ("payee", 20), ("payee_sig", 65), ("token", 20),
+    ("escrow", 20), ("sig", 64),
+)
+_get_bytes = operator.itemgetter(*(key for key, _ in _BYTES_FIELDS))
+_BYTES_SIZES = tuple(size for _, size in _BYTES_FIELDS)
+_ALL_BYTES = (bytes,) * len(_BYTES_FIELDS)
+
+
 def parse_offer(m: dict[str, Any]) -> tuple[Offer, bytes]:
     """Field-by-field strict parse of an opened envelope; returns the offer and its signature."""
     fields.exact_keys(m, _OFFER_KEYS, "offer")
@@ -246,42 +305,63 @@ def parse_offer(m: dict[str, Any]) -> tuple[Offer, bytes]:
             raise Malformed(f"{key}: expected unsigned integer")
         if not low <= v <= high:
             raise InvalidField(f"{key}: {v} outside [{low}, {high}]")
-    gpu_raw = m["gpu"]
-    offer = Offer(
-        fields.fixed_bytes(m, "provider", identity.PEER_ID_SIZE),
-        m["listing"],
-        fields.fixed_bytes(m, "payee", 20),
-        fields.fixed_bytes(m, "payee_sig", 65),
-        None if gpu_raw is None else Gpu.from_wire(fields.mapping(m, "gpu")),
-        m["cpu_cores"],
-        m["ram_mib"],
-        m["disk_gib"],
-        m["bandwidth_mbps"],
-        Region.from_wire(fields.mapping(m, "region")),
-        fields.amount(m, "price"),
-        m["chain_id"],
-        fields.fixed_bytes(m, "token", 20),
-        fields.fixed_bytes(m, "escrow", 20),
-        m["min_seconds"],
-        m["max_seconds"],
-        fields.boolean(m, "interruptible"),
-        m["heartbeat_seconds"],
-        m["capacity"],
-        m["seq"],
-        m["issued"],
-        m["expires"],
+    blobs = _get_bytes(m)
+    gpu_raw, region_raw, interruptible = m["gpu"], m["region"], m["interruptible"]
+    # The byte, map and bool fields' types and sizes, checked at once. Should one be wrong,
+    # `_refuse_fields` runs the field readers in wire order, so the first fault is the one
+    # reported, as if each field were read in turn.
+    if not (
+        tuple(map(type, blobs)) == _ALL_BYTES
+        and tuple(map(len, blobs)) == _BYTES_SIZES
+        and (gpu_raw is None or type(gpu_raw) is dict)
+        and type(region_raw) is dict
+        and type(interruptible) is bool
+    ):
+        _refuse_fields(m)
+    provider, payee, payee_sig, token, escrow, sig = blobs
+    gpu = None if gpu_raw is None else Gpu.from_wire(gpu_raw)
+    region = Region.from_wire(region_raw)
+    price_raw = m["price"]
+    if type(price_raw) is bytes and 0 < len(price_raw) <= 32 and price_raw[0]:
+        price = int.from_bytes(price_raw, "big")  # the usual price; the reader decides the rest
+    else:
+        price = fields.amount(m, "price")
+    offer: Offer = _tuple_new(  # every field was just checked: skip the generated __new__
+        Offer,
+        (
+            provider, m["listing"], payee, payee_sig, gpu, m["cpu_cores"], m["ram_mib"],
+            m["disk_gib"], m["bandwidth_mbps"], region, price, m["chain_id"], token, escrow,
+            m["min_seconds"], m["max_seconds"], interruptible, m["heartbeat_seconds"],
+            m["capacity"], m["seq"], m["issued"], m["expires"],
+        ),
     )
-    sig = fields.fixed_bytes(m, "sig", 64)
-    identity.public_key_from_peer_id(offer.provider)
-    if offer.price_per_second == 0:
+    identity.public_key_from_peer_id(provider)
+    if price == 0:
         raise InvalidField("price: must be positive")
     if offer.min_seconds > offer.max_seconds:
         raise InvalidField("min_seconds > max_seconds")
     if not offer.issued < offer.expires <= offer.issued + MAX_OFFER_TTL:
         raise InvalidField(f"expires must be within (issued, issued + {MAX_OFFER_TTL}]")
-    if offer.cpu_cores == 0 and offer.gpu is None:
+    if offer.cpu_cores == 0 and gpu is None:
         raise InvalidField("an offer rents out at least a GPU or a CPU core")
     return offer, sig
+
+
+def _refuse_fields(m: dict[str, Any]) -> None:
+    """Read the non-integer fields in wire order with the strict readers: raises the first
+    fault (`parse_offer` calls this only when one of them is wrong)."""
+    fields.fixed_bytes(m, "provider", identity.PEER_ID_SIZE)
+    fields.fixed_bytes(m, "payee", 20)
+    fields.fixed_bytes(m, "payee_sig", 65)
+    if m["gpu"] is not None:
+        Gpu.from_wire(fields.mapping(m, "gpu"))
+    Region.from_wire(fields.mapping(m, "region"))
+    fields.amount(m, "price")
+    fields.fixed_bytes(m, "token", 20)
+    fields.fixed_bytes(m, "escrow", 20)
+    fields.boolean(m, "interruptible")
+    fields.fixed_bytes(m, "sig", 64)
+    raise AssertionError("_refuse_fields found no fault")  # unreachable: a field was wrong
 
 
 def check_time(offer: Offer, now: int) -> None:
@@ -300,7 +380,7 @@ def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, bytes]:
 
     Split from the verification so a book can put its own cheap checks (chain, seq) in between:
     a flood of replays then costs no signature checks."""
-    m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=frozenset({KIND}))
+    m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=_KINDS)
     offer, sig = parse_offer(m)
     check_time(offer, now)
     return offer, sig, received_signing_input(data, m)
