@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import random
@@ -187,6 +188,11 @@ async def main_async(args: argparse.Namespace) -> None:
             await node.gossip.start()
             node.peers.start()
             nodes.append(node)
+        # Everything built so far (modules, hosts, keys) lives as long as the process. A full
+        # collection of it paused a 10-host process for 130-210 ms here; frozen, later full
+        # collections scan only what came after.
+        gc.collect()
+        gc.freeze()
         done = trio.Event()
         async with trio.open_nursery() as nursery:
             for node in nodes:
