@@ -17,10 +17,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rigmesh.market.offer import BindingCache, decode_offer
+from rigmesh.market.offer import (
+    MAX_OFFER_SIZE,
+    BindingCache,
+    check_time,
+    decode_offer,
+    parse_offer,
+    read_offer,
+)
 from rigmesh.rental.receipt import decode_receipt
 from rigmesh.wire import cbor
 from rigmesh.wire.errors import WireError
+from rigmesh.wire.message import open_envelope
 
 VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
 SEEDS = [
@@ -70,7 +78,32 @@ def _fast_path_agrees(data: bytes) -> object:
     return fast
 
 
+def _read_offer_reference(data: bytes) -> tuple[object, ...]:
+    m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=frozenset({"offer"}))
+    offer, sig = parse_offer(m)
+    check_time(offer, OFFER_NOW)
+    return offer, sig
+
+
+def _read_offer_agrees(data: bytes) -> object:
+    """read_offer's fast path may only accept what the reference read accepts, with the same
+    offer, and every refusal must carry the reference read's error code."""
+
+    def outcome(read: Callable[[bytes], tuple[object, ...]]) -> tuple[str, object]:
+        try:
+            return ("accepted", read(data)[:2])
+        except WireError as exc:
+            return ("refused", exc.code)
+
+    fast = outcome(lambda d: read_offer(d, OFFER_NOW))
+    assert fast == outcome(_read_offer_reference), data.hex()
+    if fast[0] == "refused":
+        raise cbor.Malformed("refused by both reads")
+    return fast
+
+
 DECODERS: dict[str, Callable[[bytes], object]] = {
+    "offer-fast-vs-reference": _read_offer_agrees,
     "cbor": _decode_cbor,
     "cbor-fast-vs-strict": _fast_path_agrees,
     "offer": _decode_offer,

@@ -21,7 +21,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
-from rigmesh.wire.errors import BadSignature, Expired, InvalidField, Malformed, NotYetValid
+from rigmesh.wire.errors import (
+    BadSignature,
+    Expired,
+    InvalidField,
+    Malformed,
+    NotYetValid,
+    WireError,
+)
 from rigmesh.wire.message import (
     PROTOCOL_VERSION,
     open_envelope,
@@ -380,6 +387,22 @@ def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, bytes]:
 
     Split from the verification so a book can put its own cheap checks (chain, seq) in between:
     a flood of replays then costs no signature checks."""
+    # Fast path: it may only accept. `parse_offer` checks the type of every value an offer
+    # has, so an offer it accepts holds nothing outside the data model and the separate type
+    # walk of `cbor.decode` would add nothing. Any refusal reads again by the reference path,
+    # which names the first fault exactly as it always has.
+    if type(data) is bytes and len(data) <= MAX_OFFER_SIZE:
+        m = cbor.decode_canonical(data)
+        if type(m) is dict and type(m.get("v")) is int and m["v"] == PROTOCOL_VERSION and (
+            m.get("kind") == KIND
+        ):
+            try:
+                offer, sig = parse_offer(m)
+            except WireError:
+                pass
+            else:
+                check_time(offer, now)
+                return offer, sig, received_signing_input(data, m)
     m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=_KINDS)
     offer, sig = parse_offer(m)
     check_time(offer, now)

@@ -64,6 +64,17 @@ def decode(data: bytes, *, max_size: int) -> Any:
     return decode_strict(data)
 
 
+def decode_canonical(data: bytes) -> Any | None:
+    """cbrrr's canonical decode of `data`, or None where it refuses. Unlike `decode`, the value
+    may hold types outside our data model (floats, CIDs) or nest deeply: only for a parser that
+    type-checks every value it accepts, and that on any refusal calls `decode` for the
+    reference error (market.offer.read_offer)."""
+    try:
+        return cbrrr.decode_dag_cbor(data)
+    except Exception:  # any refusal: the caller takes the strict path
+        return None
+
+
 #: The fast path leaves deeper nesting to the strict path, which enforces MAX_DEPTH exactly.
 _FAST_DEPTH = 4
 _PLAIN = frozenset({str, bytes, bool, type(None), int})
