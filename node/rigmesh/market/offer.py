@@ -13,7 +13,6 @@ than what a node already holds is the offer book's question (market/book.py).
 from __future__ import annotations
 
 import operator
-import re
 import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,23 +20,15 @@ from typing import Any, NamedTuple, TypeVar
 
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
-from rigmesh.wire.errors import (
-    BadSignature,
-    Expired,
-    InvalidField,
-    Malformed,
-    NotYetValid,
-    WireError,
-)
+from rigmesh.wire.errors import BadSignature, Expired, InvalidField, Malformed, NotYetValid
 from rigmesh.wire.message import (
     PROTOCOL_VERSION,
-    open_envelope,
+    open_typed,
     received_signing_input,
     signing_input,
 )
 
 KIND = "offer"
-_KINDS = frozenset({KIND})
 MAX_OFFER_SIZE = 2048
 #: An offer may live at most this long; providers republish well before (p2p/gossip.py).
 MAX_OFFER_TTL = 24 * 3600
@@ -46,9 +37,12 @@ MAX_CLOCK_SKEW = 120
 MAX_CAPACITY = 1024
 MAX_TEXT = 64
 
-_COUNTRY = re.compile(r"[A-Z]{2}\Z")
-#: Every string `_COUNTRY` matches (a set lookup is cheaper than the regex).
+#: Every valid country field: two upper-case ASCII letters.
 _COUNTRIES = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
+#: Limits of a GPU group's fields (both paths of `Gpu.from_wire` read them from here).
+MAX_VRAM_MIB = 2**32
+MAX_GPU_COUNT = 64
+MAX_CC_LEN, MAX_DRIVER_LEN, MAX_CUDA_LEN = 8, 32, 16
 #: Builds a NamedTuple from a tuple of its fields without the generated ``__new__``'s Python
 #: call (about half the cost of `Offer(...)`); used where the fields were just validated.
 _tuple_new = tuple.__new__
@@ -94,19 +88,19 @@ class Gpu(NamedTuple):
         if (
             type(model) is str and type(cc) is str and type(driver) is str and type(cuda) is str
             and type(vram_mib) is int and type(count) is int
-            and 1 <= vram_mib <= 2**32 and 1 <= count <= 64
-            and 1 <= len(model) <= MAX_TEXT and len(cc) <= 8 and len(driver) <= 32
-            and len(cuda) <= 16
+            and 1 <= vram_mib <= MAX_VRAM_MIB and 1 <= count <= MAX_GPU_COUNT
+            and 1 <= len(model) <= MAX_TEXT and len(cc) <= MAX_CC_LEN
+            and len(driver) <= MAX_DRIVER_LEN and len(cuda) <= MAX_CUDA_LEN
             and model.isascii() and cc.isascii() and driver.isascii() and cuda.isascii()
         ):
             return _intern(_GPUS, _tuple_new(cls, (model, vram_mib, count, cc, driver, cuda)))
         return cls(
             model=fields.text(m, "model", min_len=1, max_len=MAX_TEXT),
-            vram_mib=fields.uint(m, "vram_mib", low=1, high=2**32),
-            count=fields.uint(m, "count", low=1, high=64),
-            compute_capability=fields.text(m, "compute_capability", max_len=8),
-            driver=fields.text(m, "driver", max_len=32),
-            cuda=fields.text(m, "cuda", max_len=16),
+            vram_mib=fields.uint(m, "vram_mib", low=1, high=MAX_VRAM_MIB),
+            count=fields.uint(m, "count", low=1, high=MAX_GPU_COUNT),
+            compute_capability=fields.text(m, "compute_capability", max_len=MAX_CC_LEN),
+            driver=fields.text(m, "driver", max_len=MAX_DRIVER_LEN),
+            cuda=fields.text(m, "cuda", max_len=MAX_CUDA_LEN),
         )
 
 
@@ -130,7 +124,7 @@ class Region(NamedTuple):
         ):
             return _intern(_REGIONS, _tuple_new(cls, (country, zone)))
         country = fields.text(m, "country", max_len=2)
-        if not _COUNTRY.match(country):
+        if country not in _COUNTRIES:
             raise InvalidField("region.country: expected two upper-case letters")
         return cls(country=country, zone=fields.text(m, "zone", max_len=MAX_TEXT))
 
@@ -300,6 +294,7 @@ _BYTES_FIELDS = (
 )
 _get_bytes = operator.itemgetter(*(key for key, _ in _BYTES_FIELDS))
 _BYTES_SIZES = tuple(size for _, size in _BYTES_FIELDS)
+_BYTES_SIZE = dict(_BYTES_FIELDS)
 _ALL_BYTES = (bytes,) * len(_BYTES_FIELDS)
 
 
@@ -357,17 +352,17 @@ def parse_offer(m: dict[str, Any]) -> tuple[Offer, bytes]:
 def _refuse_fields(m: dict[str, Any]) -> None:
     """Read the non-integer fields in wire order with the strict readers: raises the first
     fault (`parse_offer` calls this only when one of them is wrong)."""
-    fields.fixed_bytes(m, "provider", identity.PEER_ID_SIZE)
-    fields.fixed_bytes(m, "payee", 20)
-    fields.fixed_bytes(m, "payee_sig", 65)
+    size = _BYTES_SIZE
+    for key in ("provider", "payee", "payee_sig"):
+        fields.fixed_bytes(m, key, size[key])
     if m["gpu"] is not None:
         Gpu.from_wire(fields.mapping(m, "gpu"))
     Region.from_wire(fields.mapping(m, "region"))
     fields.amount(m, "price")
-    fields.fixed_bytes(m, "token", 20)
-    fields.fixed_bytes(m, "escrow", 20)
+    for key in ("token", "escrow"):
+        fields.fixed_bytes(m, key, size[key])
     fields.boolean(m, "interruptible")
-    fields.fixed_bytes(m, "sig", 64)
+    fields.fixed_bytes(m, "sig", size["sig"])
     raise AssertionError("_refuse_fields found no fault")  # unreachable: a field was wrong
 
 
@@ -387,24 +382,8 @@ def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, bytes]:
 
     Split from the verification so a book can put its own cheap checks (chain, seq) in between:
     a flood of replays then costs no signature checks."""
-    # Fast path: it may only accept. `parse_offer` checks the type of every value an offer
-    # has, so an offer it accepts holds nothing outside the data model and the separate type
-    # walk of `cbor.decode` would add nothing. Any refusal reads again by the reference path,
-    # which names the first fault exactly as it always has.
-    if type(data) is bytes and len(data) <= MAX_OFFER_SIZE:
-        m = cbor.decode_canonical(data)
-        if type(m) is dict and type(m.get("v")) is int and m["v"] == PROTOCOL_VERSION and (
-            m.get("kind") == KIND
-        ):
-            try:
-                offer, sig = parse_offer(m)
-            except WireError:
-                pass
-            else:
-                check_time(offer, now)
-                return offer, sig, received_signing_input(data, m)
-    m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=_KINDS)
-    offer, sig = parse_offer(m)
+    # parse_offer checks the type of every value an offer has: it may skip cbor's type walk.
+    m, (offer, sig) = open_typed(data, max_size=MAX_OFFER_SIZE, kind=KIND, parse=parse_offer)
     check_time(offer, now)
     return offer, sig, received_signing_input(data, m)
 

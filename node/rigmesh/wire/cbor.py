@@ -55,20 +55,17 @@ def decode(data: bytes, *, max_size: int) -> Any:
         data = bytes(data)
     if len(data) > max_size:
         raise TooLarge(f"{len(data)} bytes > limit {max_size}")
-    try:
-        value = cbrrr.decode_dag_cbor(data)
-    except Exception:  # any refusal: the strict path names the error
-        return decode_strict(data)
-    if _plain(value):
+    value = decode_canonical(data)
+    if value is not None and _plain(value):
         return value
-    return decode_strict(data)
+    return decode_strict(data)  # names the error (or accepts a bare null: cheap either way)
 
 
 def decode_canonical(data: bytes) -> Any | None:
-    """cbrrr's canonical decode of `data`, or None where it refuses. Unlike `decode`, the value
-    may hold types outside our data model (floats, CIDs) or nest deeply: only for a parser that
-    type-checks every value it accepts, and that on any refusal calls `decode` for the
-    reference error (market.offer.read_offer)."""
+    """cbrrr's canonical decode of `data`, or None where it refuses (or `data` is null). Unlike
+    `decode`, the value may hold types outside our data model (floats, CIDs) or nest deeply:
+    only for a parser that type-checks every value it accepts, and that on any refusal calls
+    `decode` for the reference error (`rigmesh.wire.message.open_typed`)."""
     try:
         return cbrrr.decode_dag_cbor(data)
     except Exception:  # any refusal: the caller takes the strict path

@@ -11,10 +11,13 @@ libp2p key signs for. A message's id is the CID of its whole signed encoding (wi
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rigmesh.wire import cbor
-from rigmesh.wire.errors import Malformed, UnknownKind, UnknownVersion
+from rigmesh.wire.errors import Malformed, UnknownKind, UnknownVersion, WireError
+
+T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
 SIGNATURE_DOMAIN = b"rigmesh/sig/v1\x00"
@@ -49,6 +52,32 @@ def received_signing_input(data: bytes, decoded: dict[str, Any]) -> bytes:
 def _map_head(n: int) -> bytes:
     """The canonical head of a map of `n` < 256 entries."""
     return bytes((0xA0 + n,)) if n < 24 else bytes((0xB8, n))
+
+
+def open_typed(
+    data: bytes, *, max_size: int, kind: str, parse: Callable[[dict[str, Any]], T]
+) -> tuple[dict[str, Any], T]:
+    """`open_envelope` and then `parse`, for a `parse` that checks the exact type of every value
+    the kind has (so it accepts nothing outside the data model, however the bytes decode).
+
+    Fast path, which may only accept: cbrrr's canonical decode straight into `parse`, without
+    `cbor.decode`'s own type walk. Any refusal on the way reads again by `open_envelope` and
+    `parse`, so an error is always the one that path names.
+    """
+    if type(data) is bytes and len(data) <= max_size:
+        m = cbor.decode_canonical(data)
+        if (
+            type(m) is dict
+            and type(m.get("v")) is int
+            and m["v"] == PROTOCOL_VERSION
+            and m.get("kind") == kind
+        ):
+            try:
+                return m, parse(m)
+            except WireError:
+                pass
+    m = open_envelope(data, max_size=max_size, kinds=frozenset({kind}))
+    return m, parse(m)
 
 
 def open_envelope(data: bytes, *, max_size: int, kinds: frozenset[str]) -> dict[str, Any]:
