@@ -22,7 +22,7 @@ from rigmesh.market.offer import (
     BindingCache,
     check_time,
     decode_offer,
-    parse_offer,
+    parse_offer_strict,
     read_offer,
 )
 from rigmesh.rental.receipt import decode_receipt
@@ -80,7 +80,7 @@ def _fast_path_agrees(data: bytes) -> object:
 
 def _read_offer_reference(data: bytes) -> tuple[object, ...]:
     m = open_envelope(data, max_size=MAX_OFFER_SIZE, kinds=frozenset({"offer"}))
-    offer, sig = parse_offer(m)
+    offer, sig = parse_offer_strict(m)
     check_time(offer, OFFER_NOW)
     return offer, sig
 

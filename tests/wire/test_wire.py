@@ -384,6 +384,14 @@ def test_binding_cache_verifies_once_and_is_bounded() -> None:
     assert len(cache._seen) == 2
     with pytest.raises(BadSignature):
         cache.check(providers[0].peer_id, providers[1].payee.address, providers[0].binding)
+    # A cached binding vouches only for the PeerId and payee it was verified with.
+    held = providers[2]
+    cache.check(held.peer_id, held.payee.address, held.binding)  # cached: no recover
+    with pytest.raises(BadSignature):
+        cache.check(providers[0].peer_id, held.payee.address, held.binding)
+    with pytest.raises(BadSignature):
+        cache.check(held.peer_id, providers[0].payee.address, held.binding)
+    cache.check(held.peer_id, held.payee.address, held.binding)  # still held, still good
 
 
 # ---- receipts ----------------------------------------------------------------------------------

@@ -233,7 +233,8 @@ class OfferBook:
             self._set_floor(key, o.seq, o.issued + MAX_OFFER_TTL, now)
             self._emit(Change.WITHDRAWN, signed)
             return Ingest.WITHDRAWN
-        self._floors.pop(key, None)  # the live offer's seq guards the key from now on
+        if self._floors:
+            self._floors.pop(key, None)  # the live offer's seq guards the key from now on
         bk = self._bucket_key(o)
         self._live[key] = signed
         if held is None:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import operator
 import string
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
-from rigmesh.wire.errors import BadSignature, Expired, InvalidField, Malformed, NotYetValid
+from rigmesh.wire.errors import BadSignature, Expired, InvalidField, NotYetValid
 from rigmesh.wire.message import (
     PROTOCOL_VERSION,
     open_typed,
@@ -36,6 +34,15 @@ MAX_OFFER_TTL = 24 * 3600
 MAX_CLOCK_SKEW = 120
 MAX_CAPACITY = 1024
 MAX_TEXT = 64
+MAX_LISTING = 255
+MAX_CPU_CORES = 4096
+MAX_RAM_MIB = 2**40
+MAX_DISK_GIB = 2**32
+MAX_BANDWIDTH_MBPS = 2**32
+MAX_HEARTBEAT_SECONDS = 3600
+#: Sizes of the fixed-size byte fields: an Ethereum address, its ECDSA signature (r, s, v), an
+#: Ed25519 signature.
+ADDRESS_SIZE, ETH_SIG_SIZE, SIG_SIZE = 20, 65, 64
 
 #: Every valid country field: two upper-case ASCII letters.
 _COUNTRIES = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
@@ -79,21 +86,8 @@ class Gpu(NamedTuple):
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Gpu:
+        """The strict read of an offer's ``gpu`` map (`_accept_gpu` is the fast one)."""
         fields.exact_keys(m, _GPU_KEYS, "gpu")
-        model, vram_mib, count = m["model"], m["vram_mib"], m["count"]
-        cc, driver, cuda = m["compute_capability"], m["driver"], m["cuda"]
-        # Fast path for the usual GPU: exact types, in range, ASCII text (whose UTF-8 length is
-        # its length). It only accepts; anything else takes the field readers below, which raise
-        # the first fault in field order (or accept non-ASCII text that fits).
-        if (
-            type(model) is str and type(cc) is str and type(driver) is str and type(cuda) is str
-            and type(vram_mib) is int and type(count) is int
-            and 1 <= vram_mib <= MAX_VRAM_MIB and 1 <= count <= MAX_GPU_COUNT
-            and 1 <= len(model) <= MAX_TEXT and len(cc) <= MAX_CC_LEN
-            and len(driver) <= MAX_DRIVER_LEN and len(cuda) <= MAX_CUDA_LEN
-            and model.isascii() and cc.isascii() and driver.isascii() and cuda.isascii()
-        ):
-            return _intern(_GPUS, _tuple_new(cls, (model, vram_mib, count, cc, driver, cuda)))
         return cls(
             model=fields.text(m, "model", min_len=1, max_len=MAX_TEXT),
             vram_mib=fields.uint(m, "vram_mib", low=1, high=MAX_VRAM_MIB),
@@ -115,14 +109,8 @@ class Region(NamedTuple):
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Region:
+        """The strict read of an offer's ``region`` map (`_accept_region` is the fast one)."""
         fields.exact_keys(m, _REGION_KEYS, "region")
-        country, zone = m["country"], m["zone"]
-        # Fast path, as in `Gpu.from_wire`: a valid code and a short ASCII zone.
-        if (
-            type(country) is str and country in _COUNTRIES
-            and type(zone) is str and len(zone) <= MAX_TEXT and zone.isascii()
-        ):
-            return _intern(_REGIONS, _tuple_new(cls, (country, zone)))
         country = fields.text(m, "country", max_len=2)
         if country not in _COUNTRIES:
             raise InvalidField("region.country: expected two upper-case letters")
@@ -224,22 +212,23 @@ class Offer(NamedTuple):
         return SignedOffer(offer=self, sig=sig, encoded=cbor.encode(m))
 
 
-@dataclass(frozen=True, slots=True)
-class SignedOffer:
+class SignedOffer(NamedTuple):
+    """An offer with its signature and the canonical bytes that carry both. A NamedTuple, like
+    `Offer`: a book builds one per offer it takes in, and a frozen dataclass costs four times
+    as much to build."""
+
     offer: Offer
     sig: bytes
     #: The canonical encoding as received or produced: gossip and sync forward these bytes as is.
-    encoded: bytes = field(repr=False)
-    _cid: str | None = field(default=None, repr=False, compare=False)
+    encoded: bytes
 
     @property
     def cid(self) -> str:
-        # Computed on first use (ingest does not need it); frozen, hence object.__setattr__.
-        cid = self._cid
-        if cid is None:
-            cid = message_cid(self.encoded)
-            object.__setattr__(self, "_cid", cid)
-        return cid
+        """The offer's message id (computed on use: ingest does not need it)."""
+        return message_cid(self.encoded)
+
+    def __repr__(self) -> str:
+        return f"SignedOffer(offer={self.offer!r}, sig={self.sig.hex()[:16]}…)"
 
 
 def bind_payee(peer_id: bytes, payee_key: eip712.EthKey) -> bytes:
@@ -251,35 +240,36 @@ class BindingCache:
     """Remembers verified (PeerId, payee, signature) bindings.
 
     Every offer of a provider carries the same binding; recovering it costs about as much as the
-    whole rest of an offer's ingest, so each distinct binding is recovered once. Bounded LRU.
+    whole rest of an offer's ingest, so each distinct binding is recovered once. Keyed by the
+    signature, which holds the (PeerId, payee) it was verified for. Bounded: past `capacity` the
+    oldest binding goes first (its provider's next offer pays one recover again).
     """
 
     def __init__(self, capacity: int = 65536) -> None:
-        self._seen: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+        self._seen: dict[bytes, tuple[bytes, bytes]] = {}
         self._capacity = capacity
 
     def check(self, peer_id: bytes, payee: bytes, sig: bytes) -> None:
-        k = (peer_id, payee, sig)
-        if k in self._seen:
-            self._seen.move_to_end(k)
+        held = self._seen.get(sig)
+        if held is not None and held[0] == peer_id and held[1] == payee:
             return
         eip712.verify_signer(eip712.PeerBinding(peer_id, payee).digest(), sig, payee)
-        self._seen[k] = None
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
+        if held is None and len(self._seen) >= self._capacity:
+            del self._seen[next(iter(self._seen))]
+        self._seen[sig] = (peer_id, payee)
 
 
 # (key, low, high) of every unsigned integer field of an offer, checked in one loop.
 _UINT_FIELDS = (
-    ("listing", 0, 255),
-    ("cpu_cores", 0, 4096),
-    ("ram_mib", 0, 2**40),
-    ("disk_gib", 0, 2**32),
-    ("bandwidth_mbps", 0, 2**32),
+    ("listing", 0, MAX_LISTING),
+    ("cpu_cores", 0, MAX_CPU_CORES),
+    ("ram_mib", 0, MAX_RAM_MIB),
+    ("disk_gib", 0, MAX_DISK_GIB),
+    ("bandwidth_mbps", 0, MAX_BANDWIDTH_MBPS),
     ("chain_id", 1, fields.U64_MAX),
     ("min_seconds", 1, fields.U64_MAX),
     ("max_seconds", 1, fields.U64_MAX),
-    ("heartbeat_seconds", 1, 3600),
+    ("heartbeat_seconds", 1, MAX_HEARTBEAT_SECONDS),
     ("capacity", 0, MAX_CAPACITY),
     ("seq", 0, fields.U64_MAX),
     ("issued", 0, fields.U64_MAX),
@@ -288,82 +278,170 @@ _UINT_FIELDS = (
 
 
 #: The fixed-size byte fields of an offer and their sizes.
-_BYTES_FIELDS = (
-    ("provider", identity.PEER_ID_SIZE), ("payee", 20), ("payee_sig", 65), ("token", 20),
-    ("escrow", 20), ("sig", 64),
-)
-_get_bytes = operator.itemgetter(*(key for key, _ in _BYTES_FIELDS))
-_BYTES_SIZES = tuple(size for _, size in _BYTES_FIELDS)
-_BYTES_SIZE = dict(_BYTES_FIELDS)
-_ALL_BYTES = (bytes,) * len(_BYTES_FIELDS)
+_BYTES_SIZE = {
+    "provider": identity.PEER_ID_SIZE, "payee": ADDRESS_SIZE, "payee_sig": ETH_SIG_SIZE,
+    "token": ADDRESS_SIZE, "escrow": ADDRESS_SIZE, "sig": SIG_SIZE,
+}
 
 
 def parse_offer(m: dict[str, Any]) -> tuple[Offer, bytes]:
-    """Field-by-field strict parse of an opened envelope; returns the offer and its signature."""
+    """The offer and its signature from an opened envelope: `_accept_offer` where it accepts,
+    else `parse_offer_strict`, which decides (and names) every refusal."""
+    return _accept_offer(m) or parse_offer_strict(m)
+
+
+def parse_offer_strict(m: dict[str, Any]) -> tuple[Offer, bytes]:
+    """The reference read: each field by its strict reader, in this order, so the first fault
+    is the one reported. `parse_offer` gives the same result and the same error for every input
+    (tests/wire/test_fuzz.py and tests/market/test_offer.py hold it to that)."""
     fields.exact_keys(m, _OFFER_KEYS, "offer")
-    for key, low, high in _UINT_FIELDS:
-        v = m[key]
-        if type(v) is not int:
-            raise Malformed(f"{key}: expected unsigned integer")
-        if not low <= v <= high:
-            raise InvalidField(f"{key}: {v} outside [{low}, {high}]")
-    blobs = _get_bytes(m)
-    gpu_raw, region_raw, interruptible = m["gpu"], m["region"], m["interruptible"]
-    # The byte, map and bool fields' types and sizes, checked at once. Should one be wrong,
-    # `_refuse_fields` runs the field readers in wire order, so the first fault is the one
-    # reported, as if each field were read in turn.
-    if not (
-        tuple(map(type, blobs)) == _ALL_BYTES
-        and tuple(map(len, blobs)) == _BYTES_SIZES
-        and (gpu_raw is None or type(gpu_raw) is dict)
-        and type(region_raw) is dict
-        and type(interruptible) is bool
-    ):
-        _refuse_fields(m)
-    provider, payee, payee_sig, token, escrow, sig = blobs
-    gpu = None if gpu_raw is None else Gpu.from_wire(gpu_raw)
-    region = Region.from_wire(region_raw)
-    price_raw = m["price"]
-    if type(price_raw) is bytes and 0 < len(price_raw) <= 32 and price_raw[0]:
-        price = int.from_bytes(price_raw, "big")  # the usual price; the reader decides the rest
-    else:
-        price = fields.amount(m, "price")
-    offer: Offer = _tuple_new(  # every field was just checked: skip the generated __new__
-        Offer,
-        (
-            provider, m["listing"], payee, payee_sig, gpu, m["cpu_cores"], m["ram_mib"],
-            m["disk_gib"], m["bandwidth_mbps"], region, price, m["chain_id"], token, escrow,
-            m["min_seconds"], m["max_seconds"], interruptible, m["heartbeat_seconds"],
-            m["capacity"], m["seq"], m["issued"], m["expires"],
-        ),
+    uints = {key: fields.uint(m, key, low=low, high=high) for key, low, high in _UINT_FIELDS}
+    size = _BYTES_SIZE
+    provider, payee, payee_sig = (
+        fields.fixed_bytes(m, key, size[key]) for key in ("provider", "payee", "payee_sig")
     )
-    identity.public_key_from_peer_id(provider)
-    if price == 0:
+    gpu = None if m["gpu"] is None else Gpu.from_wire(fields.mapping(m, "gpu"))
+    region = Region.from_wire(fields.mapping(m, "region"))
+    price = fields.amount(m, "price")
+    token, escrow = (fields.fixed_bytes(m, key, size[key]) for key in ("token", "escrow"))
+    interruptible = fields.boolean(m, "interruptible")
+    sig = fields.fixed_bytes(m, "sig", size["sig"])
+    offer = Offer(
+        provider=provider, payee=payee, payee_sig=payee_sig, gpu=gpu, region=region,
+        price_per_second=price, token=token, escrow=escrow, interruptible=interruptible,
+        **uints,
+    )
+    _check_rules(offer)
+    return offer, sig
+
+
+def _check_rules(offer: Offer) -> None:
+    """The rules across fields, checked once every field has passed its own reader."""
+    identity.public_key_from_peer_id(offer.provider)
+    if offer.price_per_second == 0:
         raise InvalidField("price: must be positive")
     if offer.min_seconds > offer.max_seconds:
         raise InvalidField("min_seconds > max_seconds")
     if not offer.issued < offer.expires <= offer.issued + MAX_OFFER_TTL:
         raise InvalidField(f"expires must be within (issued, issued + {MAX_OFFER_TTL}]")
-    if offer.cpu_cores == 0 and gpu is None:
+    if offer.cpu_cores == 0 and offer.gpu is None:
         raise InvalidField("an offer rents out at least a GPU or a CPU core")
+
+
+# -- The fast accept -----------------------------------------------------------------------------
+# The same checks as the strict readers, written out for the usual offer: one C call fetches
+# every value, one tuple comparison checks their types, one expression their ranges, sizes and
+# the cross-field rules. It only accepts: on any doubt it returns None, and the strict readers
+# above decide, and name, the refusal. The limits are the named constants both paths read;
+# tests/market/test_offer.py walks every limit's edges through both paths.
+
+#: The wire keys of an offer's fields in `Offer`'s order (the wire says "price" for
+#: price_per_second), then the envelope's and the signature's.
+_KEYS_IN_OFFER_ORDER = (
+    *("price" if name == "price_per_second" else name for name in Offer._fields), "sig", "v",
+    "kind",
+)
+_values_of = operator.itemgetter(*_KEYS_IN_OFFER_ORDER)
+_WIRE_TYPE: dict[str, type] = {
+    **{key: int for key, _, _ in _UINT_FIELDS},
+    **{key: bytes for key in _BYTES_SIZE},
+    "v": int, "kind": str, "gpu": dict, "region": dict, "price": bytes, "interruptible": bool,
+}
+_TYPES_WITH_GPU = tuple(_WIRE_TYPE[key] for key in _KEYS_IN_OFFER_ORDER)
+_TYPES_WITHOUT_GPU = tuple(
+    type(None) if key == "gpu" else _WIRE_TYPE[key] for key in _KEYS_IN_OFFER_ORDER
+)
+_U64_MAX = fields.U64_MAX
+_PEER_ID_PREFIX = identity.PEER_ID_PREFIX
+_PEER_ID_SIZE = identity.PEER_ID_SIZE
+
+
+def _accept_offer(m: dict[str, Any]) -> tuple[Offer, bytes] | None:
+    if len(m) != len(_OFFER_KEYS):
+        return None
+    try:
+        values = _values_of(m)  # with every key present and no other, the key set is exact
+    except KeyError:
+        return None
+    types = tuple(map(type, values))
+    if types != _TYPES_WITH_GPU and types != _TYPES_WITHOUT_GPU:
+        return None
+    (
+        provider, listing, payee, payee_sig, gpu, cpu_cores, ram_mib, disk_gib, bandwidth_mbps,
+        region, price, chain_id, token, escrow, min_seconds, max_seconds, interruptible,
+        heartbeat_seconds, capacity, seq, issued, expires, sig, _, _,
+    ) = values
+    if not (
+        0 <= listing <= MAX_LISTING and 0 <= cpu_cores <= MAX_CPU_CORES
+        and 0 <= ram_mib <= MAX_RAM_MIB and 0 <= disk_gib <= MAX_DISK_GIB
+        and 0 <= bandwidth_mbps <= MAX_BANDWIDTH_MBPS and 1 <= chain_id <= _U64_MAX
+        and 1 <= min_seconds <= max_seconds <= _U64_MAX
+        and 1 <= heartbeat_seconds <= MAX_HEARTBEAT_SECONDS and 0 <= capacity <= MAX_CAPACITY
+        and 0 <= seq <= _U64_MAX and 0 <= issued < expires <= issued + MAX_OFFER_TTL
+        and expires <= _U64_MAX
+        and len(provider) == _PEER_ID_SIZE and provider.startswith(_PEER_ID_PREFIX)
+        and len(payee) == ADDRESS_SIZE and len(payee_sig) == ETH_SIG_SIZE
+        and len(token) == ADDRESS_SIZE and len(escrow) == ADDRESS_SIZE and len(sig) == SIG_SIZE
+        and 0 < len(price) <= 32 and price[0]  # positive, no leading zero byte
+        and (cpu_cores or gpu is not None)
+    ):
+        return None
+    region = _accept_region(region)
+    if region is None or (gpu is not None and (gpu := _accept_gpu(gpu)) is None):
+        return None
+    offer: Offer = _tuple_new(  # every field was just checked: skip the generated __new__
+        Offer,
+        (
+            provider, listing, payee, payee_sig, gpu, cpu_cores, ram_mib, disk_gib,
+            bandwidth_mbps, region, int.from_bytes(price, "big"), chain_id, token, escrow,
+            min_seconds, max_seconds, interruptible, heartbeat_seconds, capacity, seq, issued,
+            expires,
+        ),
+    )
     return offer, sig
 
 
-def _refuse_fields(m: dict[str, Any]) -> None:
-    """Read the non-integer fields in wire order with the strict readers: raises the first
-    fault (`parse_offer` calls this only when one of them is wrong)."""
-    size = _BYTES_SIZE
-    for key in ("provider", "payee", "payee_sig"):
-        fields.fixed_bytes(m, key, size[key])
-    if m["gpu"] is not None:
-        Gpu.from_wire(fields.mapping(m, "gpu"))
-    Region.from_wire(fields.mapping(m, "region"))
-    fields.amount(m, "price")
-    for key in ("token", "escrow"):
-        fields.fixed_bytes(m, key, size[key])
-    fields.boolean(m, "interruptible")
-    fields.fixed_bytes(m, "sig", size["sig"])
-    raise AssertionError("_refuse_fields found no fault")  # unreachable: a field was wrong
+_gpu_fields = operator.itemgetter(*Gpu._fields)
+_region_fields = operator.itemgetter(*Region._fields)
+
+
+def _accept_gpu(m: dict[str, Any]) -> Gpu | None:
+    """The usual GPU group: exact types, in range, ASCII text (whose UTF-8 length is its
+    length). Anything else, non-ASCII text that fits included, is left to `Gpu.from_wire`."""
+    if len(m) != len(_GPU_KEYS):
+        return None
+    try:
+        gpu = _gpu_fields(m)
+    except KeyError:
+        return None
+    model, vram_mib, count, cc, driver, cuda = gpu
+    if (
+        type(model) is str and type(cc) is str and type(driver) is str and type(cuda) is str
+        and type(vram_mib) is int and type(count) is int
+        and 1 <= vram_mib <= MAX_VRAM_MIB and 1 <= count <= MAX_GPU_COUNT
+        and 1 <= len(model) <= MAX_TEXT and len(cc) <= MAX_CC_LEN
+        and len(driver) <= MAX_DRIVER_LEN and len(cuda) <= MAX_CUDA_LEN
+        and model.isascii() and cc.isascii() and driver.isascii() and cuda.isascii()
+    ):
+        return _intern(_GPUS, _tuple_new(Gpu, gpu))
+    return None
+
+
+def _accept_region(m: dict[str, Any]) -> Region | None:
+    """A valid country code and a short ASCII zone; anything else is `Region.from_wire`'s."""
+    if len(m) != len(_REGION_KEYS):
+        return None
+    try:
+        region = _region_fields(m)
+    except KeyError:
+        return None
+    country, zone = region
+    if (
+        type(country) is str and country in _COUNTRIES
+        and type(zone) is str and len(zone) <= MAX_TEXT and zone.isascii()
+    ):
+        return _intern(_REGIONS, _tuple_new(Region, region))
+    return None
 
 
 def check_time(offer: Offer, now: int) -> None:

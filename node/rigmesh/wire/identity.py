@@ -17,20 +17,20 @@ import nacl.signing
 from rigmesh.wire.errors import BadSignature, Malformed
 
 #: identity multihash (0x00, length 36) of the protobuf PublicKey{Type: Ed25519, Data: 32 bytes}.
-_PEER_ID_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
-PEER_ID_SIZE = len(_PEER_ID_PREFIX) + 32
+PEER_ID_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
+PEER_ID_SIZE = len(PEER_ID_PREFIX) + 32
 
 
 def peer_id_from_public_key(public_key: bytes) -> bytes:
     if len(public_key) != 32:
         raise Malformed("an Ed25519 public key has 32 bytes")
-    return _PEER_ID_PREFIX + public_key
+    return PEER_ID_PREFIX + public_key
 
 
 def public_key_from_peer_id(peer_id: bytes) -> bytes:
-    if len(peer_id) != PEER_ID_SIZE or not peer_id.startswith(_PEER_ID_PREFIX):
+    if len(peer_id) != PEER_ID_SIZE or not peer_id.startswith(PEER_ID_PREFIX):
         raise Malformed("not the PeerId of an Ed25519 key")
-    return peer_id[len(_PEER_ID_PREFIX) :]
+    return peer_id[len(PEER_ID_PREFIX) :]
 
 
 def peer_id_to_text(peer_id: bytes) -> str:

@@ -45,13 +45,12 @@ def received_signing_input(data: bytes, decoded: dict[str, Any]) -> bytes:
         unsigned = dict(decoded)
         del unsigned["sig"]
         return signing_input(unsigned, ordered=True)
-    head = _map_head(n)
-    return SIGNATURE_DOMAIN + _map_head(n - 1) + data[len(head) : at] + data[at + len(entry) :]
+    head = len(_MAP_HEADS[n])
+    return b"".join((SIGNATURE_DOMAIN, _MAP_HEADS[n - 1], data[head:at], data[at + len(entry) :]))
 
 
-def _map_head(n: int) -> bytes:
-    """The canonical head of a map of `n` < 256 entries."""
-    return bytes((0xA0 + n,)) if n < 24 else bytes((0xB8, n))
+#: The canonical head of a map of n < 256 entries, by n.
+_MAP_HEADS = tuple(bytes((0xA0 + n,)) if n < 24 else bytes((0xB8, n)) for n in range(256))
 
 
 def open_typed(
