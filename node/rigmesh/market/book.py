@@ -278,38 +278,36 @@ class OfferBook:
         gen = self._gens[key] = next(self._gen)
         entry = (key[0], key[1], gen)
         vram = o.gpu.vram_mib if o.gpu is not None else 0
-        self._queue(self._coarse, bk, key, entry, vram)
         country = o.region.country
-        part = self._by_country.get(country)
-        if part is None:
-            part = self._by_country[country] = {}
-        self._queue(part, bk, key, entry, vram)
+        by_country = self._by_country.get(country)
+        if by_country is None:
+            by_country = self._by_country[country] = {}
+        for part in (self._coarse, by_country):
+            bucket = part.get(bk)
+            if bucket is None:
+                bucket = part[bk] = _Bucket()
+            bucket.keys.add(key)
+            bucket.pending.append(entry)
+            bucket.entries += 1
+            if vram > bucket.max_vram:
+                bucket.max_vram = vram
+            if bucket.entries > 2 * len(bucket.keys) + _COMPACT_SLACK:
+                part[bk] = self._compacted(bucket)
 
-    def _queue(
-        self, part: _Partition, bk: _BucketKey, key: _Key, entry: tuple[bytes, int, int],
-        vram: int,
-    ) -> None:
-        bucket = part.get(bk)
-        if bucket is None:
-            bucket = part[bk] = _Bucket()
-        bucket.keys.add(key)
-        bucket.pending.append(entry)
-        bucket.entries += 1
-        if vram > bucket.max_vram:
-            bucket.max_vram = vram
-        if bucket.entries > 2 * len(bucket.keys) + _COMPACT_SLACK:
-            # Too many stale entries: start the bucket over from its live offers (their gens
-            # stay, so their entries in the other partition stay valid).
-            fresh = part[bk] = _Bucket()
-            live = self._live
-            gens = self._gens
-            for k in bucket.keys:
-                fresh.pending.append((k[0], k[1], gens[k]))
-                g = live[k].offer.gpu
-                if g is not None and g.vram_mib > fresh.max_vram:
-                    fresh.max_vram = g.vram_mib
-            fresh.keys = bucket.keys
-            fresh.entries = len(fresh.keys)
+    def _compacted(self, bucket: _Bucket) -> _Bucket:
+        """The bucket started over from its live offers, when stale entries got too many (their
+        gens stay, so their entries in the other partition stay valid)."""
+        fresh = _Bucket()
+        live = self._live
+        gens = self._gens
+        for k in bucket.keys:
+            fresh.pending.append((k[0], k[1], gens[k]))
+            g = live[k].offer.gpu
+            if g is not None and g.vram_mib > fresh.max_vram:
+                fresh.max_vram = g.vram_mib
+        fresh.keys = bucket.keys
+        fresh.entries = len(fresh.keys)
+        return fresh
 
     def _sorted_index(self, bucket: _Bucket, slot: int) -> SortedList:
         """The bucket's index for one ranking, with the entries queued since its last read.

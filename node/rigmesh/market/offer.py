@@ -53,7 +53,7 @@ MAX_CC_LEN, MAX_DRIVER_LEN, MAX_CUDA_LEN = 8, 32, 16
 #: Builds a NamedTuple from a tuple of its fields without the generated ``__new__``'s Python
 #: call (about half the cost of `Offer(...)`); used where the fields were just validated.
 _tuple_new = tuple.__new__
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 _OFFER_KEYS = frozenset(
     {
@@ -117,20 +117,18 @@ class Region(NamedTuple):
         return cls(country=country, zone=fields.text(m, "zone", max_len=MAX_TEXT))
 
 
-#: One shared instance of each GPU group and region seen (offers repeat a handful of them).
+#: One shared instance of each GPU group and region accepted (offers repeat a handful of them).
 #: NamedTuples stay tracked by the cyclic GC for life, and every collection while the book grows
 #: walks them all: sharing them makes ingest cheaper by more than the lookup. Only values that
-#: passed the strict checks go in, so a hit is an equal, valid value (bounded; clearing is fine).
-_GPUS: dict[Gpu, Gpu] = {}
-_REGIONS: dict[Region, Region] = {}
-_INTERN_MAX = 4096
+#: passed the checks go in, so the fast accept takes a hit of exactly the same types as an equal,
+#: valid value without checking it again (bounded; clearing is fine).
+_GPUS: dict[tuple[Any, ...], Gpu] = {}
+_REGIONS: dict[tuple[Any, ...], Region] = {}
+_SHARED_MAX = 4096
 
 
-def _intern(table: dict[_T, _T], value: _T) -> _T:
-    held = table.get(value)
-    if held is not None:
-        return held
-    if len(table) >= _INTERN_MAX:
+def _share(table: dict[tuple[Any, ...], _T], value: _T) -> _T:
+    if len(table) >= _SHARED_MAX:
         table.clear()
     table[value] = value
     return value
@@ -415,15 +413,21 @@ def _accept_gpu(m: dict[str, Any]) -> Gpu | None:
     except KeyError:
         return None
     model, vram_mib, count, cc, driver, cuda = gpu
-    if (
+    if not (
         type(model) is str and type(cc) is str and type(driver) is str and type(cuda) is str
         and type(vram_mib) is int and type(count) is int
-        and 1 <= vram_mib <= MAX_VRAM_MIB and 1 <= count <= MAX_GPU_COUNT
+    ):
+        return None
+    held = _GPUS.get(gpu)
+    if held is not None:
+        return held
+    if (
+        1 <= vram_mib <= MAX_VRAM_MIB and 1 <= count <= MAX_GPU_COUNT
         and 1 <= len(model) <= MAX_TEXT and len(cc) <= MAX_CC_LEN
         and len(driver) <= MAX_DRIVER_LEN and len(cuda) <= MAX_CUDA_LEN
         and model.isascii() and cc.isascii() and driver.isascii() and cuda.isascii()
     ):
-        return _intern(_GPUS, _tuple_new(Gpu, gpu))
+        return _share(_GPUS, _tuple_new(Gpu, gpu))
     return None
 
 
@@ -436,11 +440,13 @@ def _accept_region(m: dict[str, Any]) -> Region | None:
     except KeyError:
         return None
     country, zone = region
-    if (
-        type(country) is str and country in _COUNTRIES
-        and type(zone) is str and len(zone) <= MAX_TEXT and zone.isascii()
-    ):
-        return _intern(_REGIONS, _tuple_new(Region, region))
+    if not (type(country) is str and type(zone) is str):
+        return None
+    held = _REGIONS.get(region)
+    if held is not None:
+        return held
+    if country in _COUNTRIES and len(zone) <= MAX_TEXT and zone.isascii():
+        return _share(_REGIONS, _tuple_new(Region, region))
     return None
 
 
