@@ -257,7 +257,7 @@ class BindingCache:
         self._seen[sig] = (peer_id, payee)
 
 
-# (key, low, high) of every unsigned integer field of an offer, checked in one loop.
+#: (key, low, high) of every unsigned integer field of an offer, as the strict path reads them.
 _UINT_FIELDS = (
     ("listing", 0, MAX_LISTING),
     ("cpu_cores", 0, MAX_CPU_CORES),
@@ -291,7 +291,7 @@ def parse_offer(m: dict[str, Any]) -> tuple[Offer, bytes]:
 def parse_offer_strict(m: dict[str, Any]) -> tuple[Offer, bytes]:
     """The reference read: each field by its strict reader, in this order, so the first fault
     is the one reported. `parse_offer` gives the same result and the same error for every input
-    (tests/wire/test_fuzz.py and tests/market/test_offer.py hold it to that)."""
+    (tests/wire/test_fuzz.py and tests/market/test_offer_parse.py hold it to that)."""
     fields.exact_keys(m, _OFFER_KEYS, "offer")
     uints = {key: fields.uint(m, key, low=low, high=high) for key, low, high in _UINT_FIELDS}
     size = _BYTES_SIZE
@@ -331,7 +331,7 @@ def _check_rules(offer: Offer) -> None:
 # every value, one tuple comparison checks their types, one expression their ranges, sizes and
 # the cross-field rules. It only accepts: on any doubt it returns None, and the strict readers
 # above decide, and name, the refusal. The limits are the named constants both paths read;
-# tests/market/test_offer.py walks every limit's edges through both paths.
+# tests/market/test_offer_parse.py walks every limit's edges through both paths.
 
 #: The wire keys of an offer's fields in `Offer`'s order (the wire says "price" for
 #: price_per_second), then the envelope's and the signature's.
