@@ -65,6 +65,9 @@ interface IRentalEscrow {
     error FeeOnTransferNotSupported(address token, uint256 expected, uint256 received);
     error InsufficientBalance(address token, address account, uint256 needed, uint256 available);
     error EthTransferFailed(address to, uint256 amount);
+    /// @notice `withdraw` to address(0) (ETH would be burned) or to the escrow itself (the funds
+    /// would be held for nobody): refused for every token.
+    error InvalidRecipient(address to);
     error AmountTooLarge(uint256 amount);
     error InvalidTerms();
     error ChallengeWindowOutOfBounds(uint64 challengeWindow, uint64 min, uint64 max);
@@ -99,7 +102,7 @@ interface IRentalEscrow {
         bytes32 s
     ) external;
 
-    /// @notice Move `amount` of the caller's free balance to `to`.
+    /// @notice Move `amount` of the caller's free balance to `to` (not address(0), not the escrow).
     function withdraw(address token, uint256 amount, address to) external;
 
     /// @notice Free (unlocked) balance of `account` in `token`.

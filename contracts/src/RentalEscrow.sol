@@ -114,12 +114,14 @@ contract RentalEscrow is IRentalEscrow, EIP712, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc IRentalEscrow
-    /// @dev Reverts ZeroAmount, InsufficientBalance, EthTransferFailed. The balance is debited
-    /// before the transfer (checks-effects-interactions).
+    /// @dev Reverts, in this order: ZeroAmount, InsufficientBalance, InvalidRecipient (`to` is
+    /// address(0) or this contract, for ETH and ERC-20 alike), then EthTransferFailed or the
+    /// token's own error. The balance is debited before the transfer (checks-effects-interactions).
     function withdraw(address token, uint256 amount, address to) external nonReentrant {
         if (amount == 0) revert ZeroAmount();
         uint256 available = _balances[token][msg.sender];
         if (available < amount) revert InsufficientBalance(token, msg.sender, amount, available);
+        if (to == address(0) || to == address(this)) revert InvalidRecipient(to);
         unchecked {
             _balances[token][msg.sender] = available - amount;
         }

@@ -78,12 +78,22 @@ contract EscrowHandler is Test {
         _ok(this.deposit.selector);
     }
 
-    function withdraw(uint256 actorSeed, uint256 tokenSeed, uint256 amount) external {
+    function withdraw(uint256 actorSeed, uint256 tokenSeed, uint256 amount, uint256 toSeed) external {
         address who = actors[actorSeed % actors.length];
         address token = tokens[tokenSeed % tokens.length];
         uint256 free = escrow.balanceOf(token, who);
         if (free == 0) return;
         amount = bound(amount, 1, free);
+        // Now and then a recipient the escrow must refuse: address(0) (ETH burned) or the escrow
+        // itself (held for nobody). The revert changes nothing, so the invariants still hold.
+        uint256 pick = toSeed % 8;
+        if (pick < 2) {
+            address bad = pick == 0 ? address(0) : address(escrow);
+            vm.expectRevert(abi.encodeWithSelector(IRentalEscrow.InvalidRecipient.selector, bad));
+            vm.prank(who);
+            escrow.withdraw(token, amount, bad);
+            return;
+        }
         vm.prank(who);
         escrow.withdraw(token, amount, address(0xD1E));
         ghostOut[token] += amount;

@@ -722,6 +722,43 @@ contract RentalEscrowTest is EscrowBase {
         vm.assertEq(escrow.balanceOf(ETH, renter), 100 ether, "balance restored by the revert");
     }
 
+    /// @dev address(0) would burn ETH; the escrow itself would hold tokens credited to nobody.
+    function test_withdrawToZeroOrEscrowReverts() public {
+        address[2] memory tokens = [ETH, address(usd)];
+        address[2] memory bad = [address(0), address(escrow)];
+        for (uint256 k = 0; k < tokens.length; k++) {
+            address token = tokens[k];
+            uint256 free = escrow.balanceOf(token, renter);
+            uint256 held = token == ETH ? address(escrow).balance : usd.balanceOf(address(escrow));
+            for (uint256 i = 0; i < bad.length; i++) {
+                vm.expectRevert(abi.encodeWithSelector(IRentalEscrow.InvalidRecipient.selector, bad[i]));
+                vm.prank(renter);
+                escrow.withdraw(token, 1, bad[i]);
+                vm.expectRevert(abi.encodeWithSelector(IRentalEscrow.InvalidRecipient.selector, bad[i]));
+                vm.prank(renter);
+                escrow.withdraw(token, free, bad[i]);
+            }
+            vm.assertEq(escrow.balanceOf(token, renter), free, "free balance unchanged");
+            vm.assertEq(
+                token == ETH ? address(escrow).balance : usd.balanceOf(address(escrow)), held, "holdings unchanged"
+            );
+        }
+    }
+
+    /// @dev withdraw checks in order ZeroAmount, InsufficientBalance, InvalidRecipient.
+    function test_withdrawChecksOrder() public {
+        uint256 free = escrow.balanceOf(ETH, renter);
+        vm.expectRevert(IRentalEscrow.ZeroAmount.selector);
+        vm.prank(renter);
+        escrow.withdraw(ETH, 0, address(0));
+        vm.expectRevert(abi.encodeWithSelector(IRentalEscrow.InsufficientBalance.selector, ETH, renter, free + 1, free));
+        vm.prank(renter);
+        escrow.withdraw(ETH, free + 1, address(escrow));
+        vm.expectRevert(abi.encodeWithSelector(IRentalEscrow.InvalidRecipient.selector, address(0)));
+        vm.prank(renter);
+        escrow.withdraw(ETH, free, address(0));
+    }
+
     function test_feeOnTransferDepositReverts() public {
         FeeOnTransferToken fot = new FeeOnTransferToken();
         fot.mint(renter, 10_000);

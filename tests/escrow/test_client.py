@@ -18,6 +18,7 @@ from rigmesh.escrow.errors import (
     DeadlineNotReached,
     DeadlinePassed,
     InsufficientBalance,
+    InvalidRecipient,
     NoGasToken,
     NothingToClaim,
     NotProvider,
@@ -295,6 +296,32 @@ def test_errors_before_sending(chain: TestChain) -> None:
     with pytest.raises(DeadlinePassed):
         renter.top_up(terms, 1)
     assert (chain.tx_count(renter_key), chain.tx_count(provider_key)) == sent
+
+
+@pytest.mark.parametrize("token_kind", ["eth", "usd"])
+async def test_withdraw_to_zero_or_the_escrow_is_refused(chain: TestChain, token_kind: str) -> None:
+    """The contract's InvalidRecipient comes back typed (sync and trio faces), nothing is sent and
+    nothing moves; an amount over the free balance is refused first, as in the contract."""
+    owner = chain.fund(key("owner"))
+    client = chain.client(owner)
+    token = ETH if token_kind == "eth" else chain.usd
+    if token != ETH:
+        client.approve(token, DEPOSIT)
+    client.deposit(token, DEPOSIT)
+    held, sent = _held(chain, token), chain.tx_count(owner)
+    for to in (bytes(20), chain.escrow):
+        with pytest.raises(InvalidRecipient) as refused:
+            client.withdraw(token, DEPOSIT, to)
+        assert refused.value.args == (to,)
+        with pytest.raises(InvalidRecipient):
+            await AsyncEscrowClient(client).withdraw(token, 1, to)
+        with pytest.raises(InsufficientBalance):
+            client.withdraw(token, DEPOSIT + 1, to)
+    assert chain.tx_count(owner) == sent
+    assert client.balance_of(token) == DEPOSIT
+    assert _held(chain, token) == held == DEPOSIT
+    client.withdraw(token, DEPOSIT)  # to the sender: still fine
+    assert client.balance_of(token) == 0 and _held(chain, token) == 0
 
 
 def test_events_at_confirmation_depth(chain: TestChain) -> None:

@@ -1,7 +1,8 @@
 """Differential test: the Python model and the Solidity contract (on py-evm) agree.
 
 Seeded random sequences of escrow operations (deposits in ETH, a permit stablecoin and a
-fee-on-transfer token; permits; withdrawals to refusing and zero addresses; open/openFor with
+fee-on-transfer token; permits; withdrawals to refusing contracts, to the zero address and to the
+escrow itself; open/openFor with
 good and bad terms, nonces and signatures; top-ups; claims and settles with valid and invalid
 receipts: wrong signer, wrong rental, over price, over elapsed time, after the deadline, high-s
 and malformed signatures; close requests and finalization around the deadline; wrong callers
@@ -22,6 +23,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import pytest
 from eth.vm.message import Message
@@ -394,9 +396,9 @@ class Sequence:
             )
             to = sender
             if self.rng.random() < 0.4:
-                to = self.pick([ZERO, ZERO, self.chain.usd, self.chain.escrow, self.pick(EVERYONE)])
-                if token != ETH and to == self.chain.escrow:
-                    to = ZERO  # tokens sent to the escrow itself are stuck: see test below
+                # Refused recipients (zero, the escrow), contracts without receive(), anyone.
+                to = self.pick([ZERO, self.chain.escrow, self.chain.usd, self.chain.fot,
+                                self.pick(EVERYONE)])  # fmt: skip
             return Op(
                 f"withdraw({token.hex()[:6]}, {amount}, to={to.hex()[:6]})",
                 sender,
@@ -622,15 +624,16 @@ def test_sequences_reach_every_outcome() -> None:
         "NothingToClaim", "InvalidTerms", "ChallengeWindowOutOfBounds", "AmountTooLarge",
         "RentalClosed", "UnknownRental", "ZeroAmount", "WrongMsgValue", "BadNonce",
         "SignatureExpired", "FeeOnTransferNotSupported", "EthTransferFailed",
-        "ERC2612ExpiredSignature", "ERC2612InvalidSigner", "ERC20InvalidReceiver",
+        "ERC2612ExpiredSignature", "ERC2612InvalidSigner", "InvalidRecipient",
         "CloseAlreadyRequested",
     ):  # fmt: skip
         assert outcomes[name] > 0, f"no sequence reached {name}: {sorted(outcomes)}"
     assert {Status.OPEN, Status.CLOSED} <= _STATUSES
 
 
-def test_tokens_withdrawn_to_the_escrow_itself_are_stuck(diff_chain: Chain) -> None:
-    """Both sides agree that such tokens leave every book: the escrow then holds a surplus."""
+def test_withdrawals_to_zero_or_the_escrow_itself_are_refused(diff_chain: Chain) -> None:
+    """Both sides refuse them with InvalidRecipient (ETH would be burned, tokens held for nobody)
+    after the amount and balance checks, and nothing moves: the books still balance."""
     chain = diff_chain
     chain.reset()
     model = chain.model.clone()
@@ -639,13 +642,24 @@ def test_tokens_withdrawn_to_the_escrow_itself_are_stuck(diff_chain: Chain) -> N
     trace: list[str] = []
     deposit = Op("deposit", a, fn("deposit").encode(chain.usd, 500),
                  lambda m, t: m.deposit(a, chain.usd, 500))  # fmt: skip
-    to_self = Op("withdraw", a, fn("withdraw").encode(chain.usd, 200, chain.escrow),
-                 lambda m, t: m.withdraw(a, chain.usd, 200, chain.escrow))  # fmt: skip
     _run_op(chain, model, deposit, trace)
-    _run_op(chain, model, to_self, trace, check_conservation=False)
-    held, owed = model.conservation_errors()[chain.usd]
-    assert held - owed == 200  # stuck for good: no account's balance covers it
-    assert chain.token_balance(chain.usd, chain.escrow) == held
-    assert chain.view(chain.escrow_abi, chain.escrow, "balanceOf", chain.usd, a)[0] == (
-        model.balance_of(chain.usd, a)
-    )
+    before = model.clone()
+    for token in (ETH, chain.usd):
+        free = model.balance_of(token, a)
+        for to in (ZERO, chain.escrow):
+            # _run_op checks that model and contract agree on the error and its arguments.
+            for amount, error in ((0, "ZeroAmount"), (free + 1, "InsufficientBalance"),
+                                  (free, f"InvalidRecipient(0x{to.hex()})")):  # fmt: skip
+                op = Op(f"withdraw({amount}, to={to.hex()[:6]})", a,
+                        fn("withdraw").encode(token, amount, to),
+                        partial(_withdraw, a, token, amount, to))  # fmt: skip
+                _run_op(chain, model, op, trace)
+                assert trace[-1].startswith(f"  -> {error}"), trace[-1]
+    assert model == before and not model.conservation_errors()
+    _compare_state(chain, model, [], random.Random(0))
+
+
+def _withdraw(
+    sender: bytes, token: bytes, amount: int, to: bytes, model: EscrowModel, _now: int
+) -> list[Event]:
+    return model.withdraw(sender, token, amount, to)

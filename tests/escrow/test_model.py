@@ -262,7 +262,7 @@ def test_token_deposits_follow_erc20_rules() -> None:
         m.deposit(EVE.address, USD, 11)
     assert allowance.value.args == (ESCROW, 10, 11)
     m.deposit(RENTER.address, USD, 1_000)
-    with pytest.raises(E.ERC20InvalidReceiver):
+    with pytest.raises(E.InvalidRecipient):
         m.withdraw(RENTER.address, USD, 1, bytes(20))
     # A permit deposit with an expired permit still works when the allowance is there.
     m.deposit_with_permit(EVE.address, RENTER.address, USD, 5, T0 - 1, now=T0)
@@ -281,6 +281,31 @@ def test_eth_withdrawal_to_a_refusing_contract_fails() -> None:
     with pytest.raises(E.EthTransferFailed):
         m.withdraw(RENTER.address, ETH, 10, USD)
     assert m.balance_of(ETH, RENTER.address) == 10
+
+
+def test_withdrawal_to_zero_or_the_escrow_is_refused_in_contract_order() -> None:
+    """address(0) would burn ETH, the escrow itself would hold tokens for nobody: both refused,
+    after ZeroAmount and InsufficientBalance, before any transfer check; nothing changes."""
+    m = _model()
+    m.deposit(RENTER.address, ETH, 10, value=10)
+    m.deposit(RENTER.address, USD, 10)
+    before = m.clone()
+    for token in (ETH, USD):
+        for to in (bytes(20), ESCROW):
+            with pytest.raises(E.ZeroAmount):
+                m.withdraw(RENTER.address, token, 0, to)
+            with pytest.raises(E.InsufficientBalance):
+                m.withdraw(RENTER.address, token, 11, to)
+            with pytest.raises(E.InvalidRecipient) as bad:
+                m.withdraw(RENTER.address, token, 10, to)
+            assert bad.value.args == (to,)
+    # The recipient check comes before the transfer's own (a contract refusing ETH).
+    m.wallets.rejects_eth.add(ESCROW)
+    with pytest.raises(E.InvalidRecipient):
+        m.withdraw(RENTER.address, ETH, 10, ESCROW)
+    m.wallets.rejects_eth.discard(ESCROW)
+    assert m == before
+    assert not m.conservation_errors()
 
 
 def test_error_encoding_round_trips() -> None:

@@ -97,6 +97,12 @@ class EthTransferFailed(EscrowError):
     signature = "EthTransferFailed(address,uint256)"
 
 
+class InvalidRecipient(EscrowError):
+    """A withdrawal to address 0 or to the escrow itself."""
+
+    signature = "InvalidRecipient(address)"
+
+
 class AmountTooLarge(EscrowError):
     """A deposit does not fit the packed state."""
 
@@ -256,9 +262,9 @@ class ReentrancyGuardReentrantCall(EscrowError):
 
 ESCROW_ERRORS: tuple[type[EscrowError], ...] = (
     ZeroAmount, WrongMsgValue, FeeOnTransferNotSupported, InsufficientBalance, EthTransferFailed,
-    AmountTooLarge, InvalidTerms, ChallengeWindowOutOfBounds, RentalExists, UnknownRental,
-    RentalClosed, NotRenter, NotProvider, WrongRental, InvalidSignature, AmountExceedsPrice,
-    UptimeExceedsElapsed, NothingToClaim, DeadlinePassed, DeadlineNotReached,
+    InvalidRecipient, AmountTooLarge, InvalidTerms, ChallengeWindowOutOfBounds, RentalExists,
+    UnknownRental, RentalClosed, NotRenter, NotProvider, WrongRental, InvalidSignature,
+    AmountExceedsPrice, UptimeExceedsElapsed, NothingToClaim, DeadlinePassed, DeadlineNotReached,
     CloseAlreadyRequested, SignatureExpired, BadNonce,
 )  # fmt: skip
 LIBRARY_ERRORS: tuple[type[EscrowError], ...] = (

@@ -41,6 +41,7 @@ from rigmesh.escrow.errors import (
     FeeOnTransferNotSupported,
     InsufficientBalance,
     InsufficientFunds,
+    InvalidRecipient,
     InvalidSignature,
     InvalidTerms,
     NothingToClaim,
@@ -298,6 +299,8 @@ class EscrowModel:
         available = self.balance_of(token, sender)
         if available < amount:
             raise InsufficientBalance(token, sender, amount, available)
+        if to in (ZERO_ADDRESS, self.address):
+            raise InvalidRecipient(to)
         self.wallets.check_transfer(token, self.address, to, amount)
         self.free[(token, sender)] = available - amount
         self.wallets.transfer(token, self.address, to, amount)
