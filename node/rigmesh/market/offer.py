@@ -46,7 +46,7 @@ ADDRESS_SIZE, ETH_SIG_SIZE, SIG_SIZE = 20, 65, 64
 
 #: Every valid country field: two upper-case ASCII letters.
 _COUNTRIES = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
-#: Limits of a GPU group's fields (both paths of `Gpu.from_wire` read them from here).
+#: Limits of a GPU group's fields (`Gpu.from_wire` and `_accept_gpu` both read them here).
 MAX_VRAM_MIB = 2**32
 MAX_GPU_COUNT = 64
 MAX_CC_LEN, MAX_DRIVER_LEN, MAX_CUDA_LEN = 8, 32, 16
@@ -455,8 +455,6 @@ def check_time(offer: Offer, now: int) -> None:
         raise Expired(f"expired at {offer.expires}, now {now}")
     if offer.issued > now + MAX_CLOCK_SKEW:
         raise NotYetValid(f"issued at {offer.issued}, now {now}")
-
-
 
 
 def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, bytes]:

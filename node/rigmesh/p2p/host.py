@@ -7,10 +7,9 @@ Settings (DESIGN.md, "py-libp2p 0.8.1: settings that matter"; spec/p2p.md, "Goss
 - GossipSub: D = 6 / 4 / 12, 1 s heartbeat, protocol v1.1 only (py-libp2p's v1.2 sends an
   IDONTWANT control message to every mesh peer for every message, however small; go-libp2p
   does so only from 1 KiB, and for our sub-2 KiB offers it doubled the CPU a message costs);
-  spam protection off (it
-  dropped our own publishes past 10/s), adaptive gossip off (it stretched the heartbeat to 30 s),
-  eclipse protection off (its IP-diversity rule fights a loopback test mesh). Rate limits and
-  scores are ours (rigmesh.p2p.score).
+  spam protection off (it dropped our own publishes past 10/s), adaptive gossip off (it
+  stretched the heartbeat to 30 s), eclipse protection off (its IP-diversity rule fights a
+  loopback test mesh). Rate limits and scores are ours (rigmesh.p2p.score).
 - The message id is the CID of the message data (an offer's id, in its ``bafy…`` text form),
   so a republished identical offer is one message to the whole network, whoever relays it.
 - Topic validators return a bool and also run on our own publishes; ours accepts our own
