@@ -42,7 +42,6 @@ from rigmesh.wire import eip712
 from rigmesh.wire.identity import peer_id_to_text
 
 ROOT = Path(__file__).resolve().parents[2]
-H100_CAPTURE = ROOT / "tests" / "exec" / "fixtures" / "nvml-h100.json"
 USD_DECIMALS = 6
 HEARTBEAT = 30
 
@@ -134,7 +133,7 @@ async def run(workdir: Path) -> None:
     else:
         say("  provider-a: no GPU on this machine (" + "; ".join(here.gpu.attempts) + ")")
         say("              offering its CPU capacity instead")
-    recorded = await probe(ReplayNvml.from_file(str(H100_CAPTURE)), smi_exe=None)
+    recorded = await probe(ReplayNvml.recorded_h100(), smi_exe=None)
     assert isinstance(recorded.gpu, GpuInventory)
     say(f"  provider-b: replaying a recorded {recorded.gpu.gpus[0].name} "
         f"({recorded.gpu.gpus[0].vram_mib} MiB, driver {recorded.gpu.driver_version}, "

@@ -26,7 +26,7 @@ from rigmesh.market.offer import Gpu, Offer, Region, bind_payee
 from rigmesh.rental.receipt import sign_receipt
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
-from rigmesh.wire.message import signing_input
+from rigmesh.wire.message import SIGNATURE_DOMAIN, signing_input
 
 HERE = Path(__file__).resolve().parent
 
@@ -120,8 +120,10 @@ def invalid(name: str, data: bytes, error: str, ctx: dict[str, Any], schema_vali
 def resign(m: dict[str, Any], key: identity.PeerKey = provider) -> bytes:
     """Re-sign an offer map after a change, so only the intended rule rejects it."""
     m = {k: v for k, v in m.items() if k != "sig"}
-    m["sig"] = key.sign(signing_input(m))
-    return cbor.encode(m)
+    m["sig"] = key.sign(SIGNATURE_DOMAIN + cbor2.dumps(m, canonical=True))
+    # cbor2's canonical form: the same bytes as ours for every valid value, and a defined one
+    # for what the invalid vectors put outside the data model (floats, tags).
+    return cbor2.dumps(m, canonical=True)
 
 
 def offer_map(offer: Offer | None = None) -> dict[str, Any]:

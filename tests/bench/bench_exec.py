@@ -31,7 +31,8 @@ import trio
 from rigmesh.exec import proctree
 from rigmesh.exec.gpu import GpuInventory, PynvmlAdapter, ReplayNvml, probe
 from rigmesh.exec.runner import JobSpec, Limits, SubprocessRunner, run_to_completion
-from rigmesh.exec.telemetry import NvmlSampler, SmiSampler, TelemetrySample, run_sampler
+from rigmesh.exec.telemetry import NvmlSampler, SmiSampler, run_sampler
+from rigmesh.rental.evidence import TelemetrySample
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "exec" / "fixtures"
@@ -60,7 +61,7 @@ def children_cpu_s() -> float:
 
 
 def bench_nvml_replay(n: int) -> tuple[float, float, float]:
-    nv = ReplayNvml.from_file(str(FIXTURES / "nvml-h100.json"))
+    nv = ReplayNvml.recorded_h100()
     nv.init()
     sampler = NvmlSampler(nv, job_procs=lambda: 1)
     c0, w0 = time.process_time(), time.perf_counter()

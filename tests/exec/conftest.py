@@ -12,7 +12,7 @@ from rigmesh.exec.gpu import ReplayNvml
 
 @pytest.fixture
 def replay_nvml() -> ReplayNvml:
-    return ReplayNvml.from_file(str(FIXTURES / "nvml-h100.json"))
+    return ReplayNvml.recorded_h100()
 
 
 @pytest.fixture

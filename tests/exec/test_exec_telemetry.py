@@ -10,16 +10,15 @@ import pytest
 import trio
 from exec_fixtures import FIXTURES, H100_NAME, H100_UUID, H100_VRAM_MIB
 
-from rigmesh.exec.evidence import Finding, RentedGpus, check_window
-from rigmesh.exec.gpu import NvmlError, ReplayNvml
+from rigmesh.exec.gpu import RECORDED_H100, NvmlError, ReplayNvml
 from rigmesh.exec.runner import JobSpec, Limits, SubprocessRunner
-from rigmesh.exec.telemetry import (
-    NvmlSampler,
-    SmiSampler,
+from rigmesh.exec.telemetry import NvmlSampler, SmiSampler, run_sampler, samples_from_smi_csv
+from rigmesh.rental.evidence import (
+    Finding,
+    RentedGpus,
     TelemetryDecodeError,
     TelemetrySample,
-    run_sampler,
-    samples_from_smi_csv,
+    check_window,
 )
 
 
@@ -188,7 +187,7 @@ class LostGpu(ReplayNvml):
 
 
 async def test_lost_gpu_is_a_missing_sample_not_a_crash() -> None:
-    nv = LostGpu.from_file(str(FIXTURES / "nvml-h100.json"))
+    nv = LostGpu.from_file(RECORDED_H100)
     sampler = NvmlSampler(nv, clock_ms=lambda: 1_000)
     assert len(await sampler.read()) == 1
     nv.lost = True

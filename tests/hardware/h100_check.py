@@ -26,11 +26,11 @@ from pathlib import Path
 import cbor2
 import trio
 
-from rigmesh.exec.evidence import RentedGpus, check_window
 from rigmesh.exec.gpu import GpuInventory, PynvmlAdapter, probe, probe_nvml, probe_smi
 from rigmesh.exec.outbuf import OutputLine
 from rigmesh.exec.runner import JobSpec, Limits, StopReason, SubprocessRunner
-from rigmesh.exec.telemetry import NvmlSampler, TelemetrySample, run_sampler
+from rigmesh.exec.telemetry import NvmlSampler, run_sampler
+from rigmesh.rental.evidence import RentedGpus, TelemetrySample, check_window
 
 MATMUL = Path(__file__).resolve().parent / "matmul_job.py"
 results: list[tuple[str, bool, str]] = []

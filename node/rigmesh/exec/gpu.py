@@ -19,11 +19,14 @@ import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 MiB = 1 << 20
+#: A real NVML capture of an H100 (package data; `ReplayNvml.recorded_h100`).
+RECORDED_H100 = Path(__file__).parent / "recordings" / "nvml-h100.json"
 GiB = 1 << 30
 
 # nvidia-smi columns we ask for; parsed by header name, so a missing column reads as None.
@@ -159,7 +162,7 @@ def _s(v: object) -> str:
 
 
 class ReplayNvml:
-    """NvmlLike that replays a capture (the JSON format of fixtures/gpu/nvml-h100.json).
+    """NvmlLike that replays a capture (the JSON format of `RECORDED_H100`).
 
     One device per capture, readings from `samples[position]`; `advance()` moves to the next
     sample (wrapping), so a test or the simulator decides when time passes. Readings absent from
@@ -175,9 +178,16 @@ class ReplayNvml:
         self.initialized = False
 
     @classmethod
-    def from_file(cls, path: str) -> ReplayNvml:
+    def from_file(cls, path: str | os.PathLike[str]) -> ReplayNvml:
         with open(path, encoding="utf-8") as f:
             return cls(json.load(f))
+
+    @classmethod
+    def recorded_h100(cls) -> ReplayNvml:
+        """Real readings of an NVIDIA H100 80GB HBM3 (idle, bf16 load at 100 %, idle), shipped
+        with the package: a provider without a GPU can demo a GPU offer, and tests and the
+        simulator get realistic telemetry."""
+        return cls.from_file(RECORDED_H100)
 
     def advance(self, steps: int = 1) -> None:
         self.position = (self.position + steps) % len(self.samples)

@@ -3,7 +3,8 @@
 Inputs and outputs cross a trust boundary in both directions: a renter names input paths (it could
 name `../../etc/cron.d/x`), and a job creates output files (it could leave a symlink to the
 provider's keystore and hope the node ships it back). Every path is checked as text first
-(`check_relpath`, pure) and every file is then opened with O_NOFOLLOW under a directory file
+(`check_relpath`, pure, from the rental core: input names are part of a
+proposal) and every file is then opened with O_NOFOLLOW under a directory file
 descriptor walk, so a symlink planted anywhere along the way is refused rather than followed.
 """
 
@@ -15,42 +16,16 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-MAX_PATH_BYTES = 1024
-MAX_PATH_DEPTH = 32
+from rigmesh.rental.workload import UnsafePathError, check_relpath
 
-
-class UnsafePathError(ValueError):
-    """A relative path that would leave the working directory, or is malformed."""
-
-    def __init__(self, path: str, why: str) -> None:
-        super().__init__(f"unsafe path {path!r}: {why}")
-        self.path = path
-        self.why = why
+__all__ = [
+    "CollectedOutputs", "InputTooLargeError", "UnsafePathError", "check_relpath",
+    "collect_outputs", "tree_bytes", "write_inputs",
+]
 
 
 class InputTooLargeError(ValueError):
     """The input files exceed the count or byte budget of the job."""
-
-
-def check_relpath(path: str) -> tuple[str, ...]:
-    """Split a renter-supplied relative POSIX path into components, or raise UnsafePathError."""
-    if not isinstance(path, str) or not path:
-        raise UnsafePathError(str(path), "empty or not a string")
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise UnsafePathError(path, "too long")
-    if "\x00" in path:
-        raise UnsafePathError(path, "NUL byte")
-    if "\\" in path:
-        raise UnsafePathError(path, "backslash (paths are POSIX)")
-    if path.startswith("/"):
-        raise UnsafePathError(path, "absolute")
-    parts = tuple(path.split("/"))
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise UnsafePathError(path, f"component {part!r} not allowed")
-    if len(parts) > MAX_PATH_DEPTH:
-        raise UnsafePathError(path, "too deep")
-    return parts
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -1,8 +1,8 @@
-"""Telemetry samples: the GPU readings a provider signs into each heartbeat.
+"""Telemetry samplers: the GPU readings a provider signs into each heartbeat.
 
-A sample is a frozen record of integers (milli-units where a reading has a fraction, never floats,
-so the canonical CBOR encoding and therefore the signature are stable across implementations) plus
-the GPU's identity strings. See spec/telemetry.md for what a sample can and cannot prove.
+The record itself, `TelemetrySample`, and the renter's check of it are protocol logic and live
+in the pure core (`rigmesh.rental.evidence`); this module reads the hardware. See
+spec/telemetry.md for what a sample can and cannot prove.
 
 Samplers are the I/O side: `NvmlSampler` reads NVML (about a millisecond for one GPU, cheap enough
 to run beside a workload every few seconds), `SmiSampler` runs `nvidia-smi --query-gpu` when NVML
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import trio
 
@@ -30,121 +29,7 @@ from rigmesh.exec.gpu import (
     parse_smi_csv,
     run_smi,
 )
-
-SAMPLE_VERSION = 1
-_MAX_INT = (1 << 63) - 1
-_MAX_STR = 128
-
-
-class TelemetryDecodeError(ValueError):
-    """A telemetry map from a peer is malformed. `field` names the offending key."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"telemetry field {field!r}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetrySample:
-    """One GPU at one instant, as the provider's node read it.
-
-    Optional readings are None when the GPU or the source does not report them; they are left out
-    of the CBOR map rather than encoded as null, so an absent reading is never mistaken for zero.
-    """
-
-    t_ms: int  # provider wall clock, Unix milliseconds (a claim: the provider sets its clock)
-    gpu_index: int  # NVML index on the provider host
-    uuid: str  # "GPU-..." as NVML reports it
-    name: str  # model name as NVML reports it
-    mem_total_mib: int
-    mem_used_mib: int
-    util_gpu_pct: int | None = None  # 0..100, share of the last sample period a kernel ran
-    util_mem_pct: int | None = None  # 0..100, share of time device memory was read or written
-    temp_c: int | None = None  # core temperature, whole degrees Celsius (NVML's resolution)
-    power_mw: int | None = None  # board power draw, milliwatts
-    sm_clock_mhz: int | None = None
-    mem_clock_mhz: int | None = None
-    job_procs: int | None = None  # live processes in the rented job's tree (runner's count)
-
-    # CBOR keys: short, fixed, part of the signed format. Changing one is a version bump.
-    KEYS: ClassVar[dict[str, str]] = {
-        "t_ms": "t",
-        "gpu_index": "i",
-        "uuid": "u",
-        "name": "n",
-        "mem_total_mib": "mt",
-        "mem_used_mib": "mu",
-        "util_gpu_pct": "ug",
-        "util_mem_pct": "um",
-        "temp_c": "tc",
-        "power_mw": "pw",
-        "sm_clock_mhz": "cs",
-        "mem_clock_mhz": "cm",
-        "job_procs": "jp",
-    }
-    REQUIRED: ClassVar[frozenset[str]] = frozenset(
-        {"t_ms", "gpu_index", "uuid", "name", "mem_total_mib", "mem_used_mib"}
-    )
-    PCT_FIELDS: ClassVar[frozenset[str]] = frozenset({"util_gpu_pct", "util_mem_pct"})
-
-    def __post_init__(self) -> None:
-        # Same checks on construction as on decoding: an invalid sample cannot exist.
-        for f in fields(self):
-            _check_value(f.name, getattr(self, f.name), self.REQUIRED)
-
-    def to_cbor_map(self) -> dict[str, Any]:
-        """Map ready for canonical CBOR encoding (keys short, None readings omitted)."""
-        out: dict[str, Any] = {"v": SAMPLE_VERSION}
-        for attr, key in self.KEYS.items():
-            val = getattr(self, attr)
-            if val is not None:
-                out[key] = val
-        return out
-
-    @classmethod
-    def from_cbor_map(cls, d: object) -> TelemetrySample:
-        """Strict decoding: exact key set, exact types (bool is not an int), bounded values."""
-        if not isinstance(d, Mapping):
-            raise TelemetryDecodeError("<map>", f"expected a map, got {type(d).__name__}")
-        if d.get("v") != SAMPLE_VERSION or type(d.get("v")) is not int:
-            raise TelemetryDecodeError("v", f"unsupported version {d.get('v')!r}")
-        by_key = {key: attr for attr, key in cls.KEYS.items()}
-        kwargs: dict[str, Any] = {}
-        for key, val in d.items():
-            if key == "v":
-                continue
-            if not isinstance(key, str) or key not in by_key:
-                raise TelemetryDecodeError(str(key), "unknown key")
-            kwargs[by_key[key]] = val
-        for attr in cls.REQUIRED:
-            if attr not in kwargs:
-                raise TelemetryDecodeError(cls.KEYS[attr], "missing")
-        for attr, val in kwargs.items():
-            if val is None:  # omitted is the only way to say 'not reported'
-                raise TelemetryDecodeError(cls.KEYS[attr], "null not allowed, omit the key")
-            _check_value(attr, val, cls.REQUIRED, key=cls.KEYS[attr])
-        return cls(**kwargs)
-
-
-def _check_value(attr: str, val: object, required: frozenset[str], key: str | None = None) -> None:
-    name = key or attr
-    if val is None:
-        if attr in required:
-            raise TelemetryDecodeError(name, "required")
-        return
-    if attr in ("uuid", "name"):
-        if type(val) is not str:
-            raise TelemetryDecodeError(name, f"expected text, got {type(val).__name__}")
-        if not val or len(val) > _MAX_STR:
-            raise TelemetryDecodeError(name, f"length must be 1..{_MAX_STR}")
-        return
-    if type(val) is not int:  # rejects bool and float
-        raise TelemetryDecodeError(name, f"expected int, got {type(val).__name__}")
-    lo = -273 if attr == "temp_c" else 0
-    hi = 100 if attr in TelemetrySample.PCT_FIELDS else _MAX_INT
-    if not lo <= val <= hi:
-        raise TelemetryDecodeError(name, f"{val} out of range {lo}..{hi}")
+from rigmesh.rental.evidence import TelemetrySample
 
 
 def _wall_ms() -> int:

@@ -33,6 +33,7 @@ class ErrorCode(IntEnum):
     UnknownProtocol = 14
     Unavailable = 15
     Internal = 16
+    UnexpectedMessage = 17
 
 
 class WireError(Exception):
@@ -115,12 +116,19 @@ class Unavailable(WireError):
     code = ErrorCode.Unavailable
 
 
+class UnexpectedMessage(WireError):
+    """Well-formed, but not allowed in the state the receiver holds for that rental (a heartbeat
+    before funding, a second acceptance, a message for a rental it does not know)."""
+
+    code = ErrorCode.UnexpectedMessage
+
+
 _BY_CODE: dict[ErrorCode, type[WireError]] = {
     c.code: c
     for c in (
         TooLarge, Malformed, NotCanonical, UnknownVersion, UnknownKind, BadSignature, Expired,
         Replayed, WrongChain, NotYetValid, InvalidField, RateLimited, Timeout, UnknownProtocol,
-        Unavailable,
+        Unavailable, UnexpectedMessage,
     )
 }
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from exec_fixtures import H100_NAME, H100_UUID, H100_VRAM_MIB
 
-from rigmesh.exec.evidence import EvidencePolicy, Finding, RentedGpus, check_window
-from rigmesh.exec.telemetry import NvmlSampler, TelemetrySample
+from rigmesh.exec.gpu import ReplayNvml
+from rigmesh.exec.telemetry import NvmlSampler
+from rigmesh.rental.evidence import (
+    EvidencePolicy,
+    Finding,
+    RentedGpus,
+    TelemetrySample,
+    check_window,
+)
+from tests.exec.exec_fixtures import H100_NAME, H100_UUID, H100_VRAM_MIB
 
 # The offer states VRAM as the probe reads it: an "80GB" H100 reports 81559 MiB, less than
 # 80 * 1024. Offers must carry the probed figure, not the marketing name.
@@ -16,7 +23,8 @@ RENTED = RentedGpus(model=H100_NAME, vram_mib=H100_VRAM_MIB, uuids=(H100_UUID,))
 
 
 @pytest.fixture
-def capture(replay_nvml) -> list[TelemetrySample]:
+def capture() -> list[TelemetrySample]:
+    replay_nvml = ReplayNvml.recorded_h100()
     sampler = NvmlSampler(
         replay_nvml, clock_ms=lambda: int(replay_nvml.current["t"] * 1000), job_procs=lambda: 2
     )
