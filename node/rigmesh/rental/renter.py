@@ -351,6 +351,11 @@ class RenterRental:
         hb = shb.heartbeat
         if self.rented is None:
             return None
+        use = self.use
+        assert use is not None
+        signed = 0 if use.receipt is None else use.receipt.receipt.uptime_seconds
+        if hb.final and hb.uptime <= signed:
+            return None  # a last word adding no seconds: nothing new to vouch for
         verdict = check_window(hb.gpus, self.rented, now * 1000, self.evidence)
         if not (verdict.gpu_present and verdict.vram_ok):
             found = "; ".join(f"{f.value}: {d}" for f, d in verdict.findings)

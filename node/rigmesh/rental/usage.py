@@ -13,12 +13,13 @@ state but CLOSED has a deadline (`deadline`) whose passing moves the rental towa
 - SETTLING: the rental's deadline on chain passed: anyone finalizes it.
 
 What the machine checks, identically for our own messages (`send`) and the peer's (`receive`):
-the heartbeats of a rental form a hash chain with consecutive seqs, chain-anchored times that do
-not go backwards and stay within `MAX_SKEW` of the receiver's clock, and uptime that neither
-goes backwards nor grows faster than time; a receipt answers the newest heartbeat (its seq, and
-the heartbeat's SHA-256 as evidence), never lowers the amount or uptime held, never claims more
-uptime than the heartbeat or more than price x uptime, and is signed by the rental's receipt
-signer. What the renter pays for and when the provider stops is policy (renter.py, provider.py).
+the heartbeats of a rental form a hash chain with consecutive seqs, each sent only once the one
+before it was answered and acknowledging that answer, with chain-anchored times that do not go
+backwards and stay within `MAX_SKEW` of the receiver's clock, and uptime that neither goes
+backwards nor grows faster than time; a receipt answers the newest heartbeat (its seq, and the
+heartbeat's SHA-256 as evidence), never lowers the amount or uptime held, never claims more uptime
+than the heartbeat or more than price x uptime, and is signed by the rental's receipt signer.
+What the renter pays for and when the provider stops is policy (renter.py, provider.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rigmesh.rental.messages import (
     CLOSE,
     NO_HEARTBEAT,
     Close,
+    JobState,
     SignedAgreement,
     SignedHeartbeat,
     read_heartbeat,
@@ -272,15 +274,17 @@ class Usage(Machine[UseState, UseEvent]):
         return self._apply(self.peer, message, now, signing_input)
 
     def _apply(self, party: Party, message: object, now: int, signed: bytes | None) -> bool:
+        # A resend of the last message of its kind, by the party that sent it, is answered as
+        # before, whatever the state now (the answer may have been lost).
         if isinstance(message, SignedHeartbeat):
-            if self.last is not None and message.encoded == self.last.encoded:
+            if party is PROVIDER and self.last is not None and message.encoded == self.last.encoded:
                 return False
             event = E.FINAL if message.heartbeat.final else E.HEARTBEAT
             nxt = self._move(party, event)
             self._check_heartbeat(party, message, now, signed)
             self.last, self.last_at, self.answered = message, now, False
         elif isinstance(message, SignedReceipt):
-            if self.receipt is not None and message == self.receipt:
+            if party is RENTER and message == self.receipt:
                 return False
             nxt = self._move(party, E.RECEIPT)
             self._check_receipt(message)
@@ -288,7 +292,7 @@ class Usage(Machine[UseState, UseEvent]):
                 self.answered = True
             self.receipt = message
         elif isinstance(message, Close):
-            if self.close is not None and message == self.close:
+            if message == self.close and party is message.reason.closed_by:
                 return False
             nxt = self._move(party, E.CLOSE)
             if message.rental_id != self.rental_id:
@@ -314,6 +318,9 @@ class Usage(Machine[UseState, UseEvent]):
             prev_seq, prev_digest, prev_time, prev_uptime = h.seq, last.digest, h.time, h.uptime
         if hb.seq <= prev_seq:
             raise Replayed(f"heartbeat seq {hb.seq} <= {prev_seq}")
+        if not self.answered:
+            # One heartbeat at a time: what bounds the provider's loss (money.py).
+            raise InvalidField(f"heartbeat {hb.seq} before heartbeat {prev_seq} was answered")
         if hb.seq != prev_seq + 1 or hb.prev != prev_digest:
             raise InvalidField(f"heartbeat {hb.seq} does not extend the chain at {prev_seq}")
         if hb.time < prev_time:
@@ -327,8 +334,8 @@ class Usage(Machine[UseState, UseEvent]):
         if hb.uptime - prev_uptime > hb.time - prev_time:
             raise InvalidField("uptime grows faster than time")
         held = 0 if self.receipt is None else self.receipt.receipt.seq
-        if hb.receipt_seq > held:
-            raise InvalidField(f"acknowledges receipt {hb.receipt_seq}, newest is {held}")
+        if hb.receipt_seq != held:
+            raise InvalidField(f"acknowledges receipt {hb.receipt_seq}, the newest is {held}")
         if party is not self.role and signed is not None:
             self.crypto.verify_peer(self.provider, signed, shb.sig)
 
@@ -378,3 +385,25 @@ class Usage(Machine[UseState, UseEvent]):
 
     def close_reason(self) -> CloseReason | None:
         return None if self.close is None else self.close.reason
+
+    def ended_by(self) -> CloseReason | None:
+        """Why the rental ended, as both sides can tell: the first close either sent, else what
+        the last heartbeat says of the job, else the chain (None: it has not ended)."""
+        if self.close is not None:
+            return self.close.reason
+        hb = None if self.last is None else self.last.heartbeat
+        if hb is not None and hb.final:
+            if hb.state == JobState.EXITED:
+                return CloseReason.JOB_EXITED
+            if hb.state == JobState.LOST:
+                return CloseReason.PROVIDER_RESTARTED
+            if hb.state == JobState.FAILED:
+                return CloseReason.JOB_LIMIT if hb.uptime else CloseReason.START_FAILED
+            if hb.uptime >= self.terms.max_seconds:
+                return CloseReason.COMPLETED
+            if self.price * hb.uptime >= self.deposit:
+                return CloseReason.DEPOSIT_EXHAUSTED
+            return CloseReason.PROVIDER_STOPPED
+        if self.settled is not None:
+            return CloseReason.DEADLINE_PASSED if self.finalize_due else CloseReason.CHAIN_CLOSED
+        return None
