@@ -7,7 +7,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node_modules/.installed
 FORGE := contracts/node_modules/.bin/forge
 
-.PHONY: all setup system-deps test lint forge pytest demo bench vectors artifacts clean
+.PHONY: all setup system-deps test lint forge pytest demo bench vectors spec artifacts clean
 
 all: test
 
@@ -62,6 +62,10 @@ artifacts: $(NODE_STAMP)
 # Regenerate spec/vectors from the fixed test keys (the suite fails if they drift from the code).
 vectors: $(PY_STAMP)
 	$(PY) spec/vectors/generate.py
+
+# Re-render spec/rental.md's generated sections (tables, diagrams, codes, timers) and the vectors.
+spec: vectors
+	$(PY) spec/render.py
 
 clean:
 	rm -rf $(VENV) contracts/node_modules contracts/out contracts/cache .pytest_cache

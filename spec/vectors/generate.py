@@ -23,7 +23,30 @@ from typing import Any
 import cbor2
 
 from rigmesh.market.offer import Gpu, Offer, Region, bind_payee
+from rigmesh.rental.codes import CloseReason, RejectReason
+from rigmesh.rental.crypto import SIGNED
+from rigmesh.rental.evidence import TelemetrySample
+from rigmesh.rental.messages import (
+    COUNTER,
+    NO_HEARTBEAT,
+    PROPOSAL,
+    Ack,
+    Agreement,
+    Close,
+    Fund,
+    Funding,
+    Heartbeat,
+    JobState,
+    Proposal,
+    Reject,
+    SignedAgreement,
+    SignedHeartbeat,
+    SignedProposal,
+    cid_of,
+)
+from rigmesh.rental.negotiation import agreement_signing_input
 from rigmesh.rental.receipt import sign_receipt
+from rigmesh.rental.workload import FileDigest, Workload
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
 from rigmesh.wire.message import SIGNATURE_DOMAIN, signing_input
@@ -302,6 +325,225 @@ def receipts() -> list[dict[str, Any]]:
     return v
 
 
+# ---- rental messages (spec/rental.md) ----------------------------------------------------------
+
+RENTER_PEER_SEED = bytes.fromhex("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7")
+renter_peer = identity.PeerKey(RENTER_PEER_SEED)
+OPENED = NOW + 20
+WORKLOAD = Workload(
+    "command", ("python3", "train.py", "--epochs", "3"), 1,
+    (FileDigest("train.py", 1234, bytes.fromhex("33" * 32)),), False, True,
+)
+
+
+def rental_ctx(**extra: Any) -> dict[str, Any]:
+    return {"now": NOW, "chain_id": CHAIN_ID, "escrow": ESCROW.hex(), **extra}
+
+
+def base_proposal(**changes: Any) -> Proposal:
+    return Proposal(
+        kind=PROPOSAL, nonce=bytes(range(16)), round=0, prev=None,
+        offer=cid_of(base_offer().sign(provider).encoded), renter=renter_peer.peer_id,
+        provider=provider.peer_id, chain_id=CHAIN_ID, escrow=ESCROW, token=USDC,
+        payer=renter.address, payee=payee.address, receipt_signer=renter.address, price=555,
+        deposit=555 * 3600, seconds=3600, challenge_window=600, heartbeat_seconds=30,
+        grace_seconds=15, funding=Funding.RENTER, workload=WORKLOAD, expires=NOW + 30,
+    )._replace(**changes)
+
+
+def signed_proposal(p: Proposal, key: identity.PeerKey | None = None) -> SignedProposal:
+    key = key or (renter_peer if p.kind == PROPOSAL else provider)
+    sig, encoded = SIGNED.sign_message(key, p.unsigned_wire())
+    return SignedProposal(p, sig, encoded)
+
+
+def signed_agreement(
+    sp: SignedProposal, *, fund_by: int = NOW + 300, start: int = 120, countersign: bool = False,
+    provider_key: identity.PeerKey = provider, renter_key: identity.PeerKey = renter_peer,
+) -> SignedAgreement:
+    a = Agreement(sp, fund_by, start)
+    probe = SignedAgreement(a, b"", None, b"")
+    psig = provider_key.sign(agreement_signing_input(probe))
+    rsig = renter_key.sign(agreement_signing_input(probe)) if countersign else None
+    encoded = cbor.encode({**a.unsigned_wire(), "provider_sig": psig, "renter_sig": rsig})
+    return SignedAgreement(a, psig, rsig, encoded)
+
+
+def heartbeat_msg(rental_id: bytes, **changes: Any) -> SignedHeartbeat:
+    hb = Heartbeat(
+        rental_id=rental_id, seq=1, prev=NO_HEARTBEAT, time=OPENED + 5, uptime=0, receipt_seq=0,
+        state=JobState.RUNNING, exit=None, outputs=(),
+        gpus=(TelemetrySample(
+            t_ms=(OPENED + 5) * 1000, gpu_index=0, uuid="GPU-3181bf17-40f0-9f37-c27d-cae48cda3f9f",
+            name=H100.model, mem_total_mib=H100.vram_mib, mem_used_mib=4000, util_gpu_pct=100,
+            util_mem_pct=40, temp_c=55, power_mw=350000, sm_clock_mhz=1980, job_procs=2,
+        ),),
+    )._replace(**changes)
+    sig, encoded = SIGNED.sign_message(provider, hb.unsigned_wire())
+    return SignedHeartbeat(hb, sig, encoded)
+
+
+def rental_valid(
+    name: str, data: bytes, ctx: dict[str, Any], signed: list[tuple[bytes, bytes, bytes]]
+) -> dict[str, Any]:
+    """`signed`: (signing input, public key, signature) of every signature the message holds."""
+    return {
+        "name": name, "cbor": data.hex(), "valid": True, "context": ctx,
+        "signatures": [{"signing_input": si.hex(), "public_key": pk.hex(), "signature": sig.hex()}
+                       for si, pk, sig in signed],
+        "cid": message_cid(data),
+    }
+
+
+def _pk(key: identity.PeerKey) -> bytes:
+    return key.public_key
+
+
+def rental() -> list[dict[str, Any]]:
+    v: list[dict[str, Any]] = []
+    p0 = signed_proposal(base_proposal())
+    ctx = rental_ctx()
+    v.append(rental_valid("proposal-round-0", p0.encoded, ctx,
+                          [(signing_input(p0.proposal.unsigned_wire()), _pk(renter_peer), p0.sig)]))
+    p_for = signed_proposal(base_proposal(funding=Funding.PROVIDER, nonce=b"\x01" * 16))
+    v.append(rental_valid("proposal-open-for", p_for.encoded, ctx,
+                          [(signing_input(p_for.proposal.unsigned_wire()), _pk(renter_peer),
+                            p_for.sig)]))
+    c1 = signed_proposal(base_proposal(kind=COUNTER, round=1, prev=p0.cid, price=600,
+                                       deposit=600 * 3600))
+    v.append(rental_valid("counter-round-1", c1.encoded, rental_ctx(answers=p0.encoded.hex()),
+                          [(signing_input(c1.proposal.unsigned_wire()), _pk(provider), c1.sig)]))
+    half = signed_agreement(p0)
+    full = signed_agreement(p0, countersign=True)
+    si = agreement_signing_input(half)
+    a_ctx = rental_ctx(proposal=p0.encoded.hex())
+    v.append(rental_valid("agreement-accepted", half.encoded, a_ctx,
+                          [(si, _pk(provider), half.provider_sig)]))
+    v.append(rental_valid("agreement-countersigned", full.encoded,
+                          rental_ctx(accepted=half.encoded.hex()),
+                          [(si, _pk(provider), full.provider_sig),
+                           (si, _pk(renter_peer), full.renter_sig or b"")]))
+    terms = p_for.terms()
+    full_for = signed_agreement(p_for, countersign=True)
+    digest_input = eip712.OpenRequest(terms, 0, NOW + 300)
+    fund_sig = renter.sign_digest(eip712.typed_data_digest(
+        eip712.escrow_domain_separator(CHAIN_ID, ESCROW), digest_input.struct_hash()))
+    fund = Fund(terms.rental_id, 0, NOW + 300, fund_sig, None)
+    v.append(rental_valid(
+        "fund-open-request", fund.encode(), rental_ctx(agreement=full_for.encoded.hex()),
+        [(b"\x19\x01" + eip712.escrow_domain_separator(CHAIN_ID, ESCROW)
+          + digest_input.struct_hash(), renter.address, fund_sig)],
+    ))
+    rid = p0.terms().rental_id
+    hb_ctx = rental_ctx(agreement=full.encoded.hex(), opened_at=OPENED, now=OPENED + 5)
+    hb1 = heartbeat_msg(rid)
+    v.append(rental_valid("heartbeat-first", hb1.encoded, hb_ctx,
+                          [(signing_input(hb1.heartbeat.unsigned_wire()), _pk(provider),
+                            hb1.sig)]))
+    last = heartbeat_msg(rid, state=JobState.EXITED, exit=0, uptime=4,
+                         outputs=(FileDigest("out/model.bin", 7, bytes.fromhex("44" * 32)),))
+    v.append(rental_valid("heartbeat-first-and-last-exited", last.encoded, hb_ctx,
+                          [(signing_input(last.heartbeat.unsigned_wire()), _pk(provider),
+                            last.sig)]))
+    for reason in RejectReason:
+        r = Reject(p0.cid, reason, reason.name.lower())
+        v.append(rental_valid(f"reject-{reason.name.lower().replace('_', '-')}", r.encode(),
+                              ctx, []))
+    for reason in CloseReason:
+        c = Close(rid, reason, "")
+        v.append(rental_valid(f"close-{reason.name.lower().replace('_', '-')}", c.encode(),
+                              ctx, []))
+    v.append(rental_valid("ack-rental", Ack(rid).encode(), ctx, []))
+
+    # -- invalid: one fault each ------------------------------------------------------------
+    def bad(name: str, data: bytes, error: str, schema_valid: bool,
+            context: dict[str, Any] | None = None) -> None:
+        v.append(invalid(name, data, error, context or ctx, schema_valid))
+
+    def resigned(m: dict[str, Any], key: identity.PeerKey = renter_peer) -> bytes:
+        m = {k: x for k, x in m.items() if k != "sig"}
+        return cbor.encode({**m, "sig": key.sign(signing_input(m))})
+
+    pm = cbor2.loads(p0.encoded)
+    bad("proposal-wrong-chain", signed_proposal(base_proposal(chain_id=1)).encoded,
+        "WrongChain", True)
+    bad("proposal-wrong-escrow", signed_proposal(base_proposal(escrow=USDC)).encoded,
+        "WrongChain", True)
+    bad("proposal-expired", signed_proposal(base_proposal(expires=NOW)).encoded,
+        "Expired", True)
+    bad("proposal-expires-too-far-ahead",
+        signed_proposal(base_proposal(expires=NOW + 601)).encoded, "InvalidField", True)
+    bad("proposal-signed-by-another-peer",
+        signed_proposal(base_proposal(), other_peer).encoded, "BadSignature", True)
+    bad("proposal-round-1", signed_proposal(base_proposal(round=1)).encoded, "InvalidField", True)
+    bad("proposal-zero-price", resigned({**pm, "price": b""}), "InvalidField", True)
+    bad("proposal-payee-zero", resigned({**pm, "payee": bytes(20)}), "InvalidField", True)
+    bad("proposal-unknown-field", resigned({**pm, "tip": 1}), "Malformed", False)
+    bad("proposal-argv-with-nul", resigned(
+        {**pm, "workload": {**pm["workload"], "argv": ["python3", "a\x00b"]}}),
+        "InvalidField", True)
+    bad("proposal-input-outside-workdir", resigned(
+        {**pm, "workload": {**pm["workload"], "inputs": [
+            {"name": "../.ssh/authorized_keys", "size": 1, "sha256": bytes(32)}]}}),
+        "InvalidField", True)
+    bad("proposal-input-listed-twice", resigned(
+        {**pm, "workload": {**pm["workload"], "inputs": [pm["workload"]["inputs"][0]] * 2}}),
+        "InvalidField", True)
+    bad("proposal-round-5", resigned({**pm, "round": 5}), "InvalidField", False)
+    bad("counter-changes-the-workload", signed_proposal(base_proposal(
+        kind=COUNTER, round=1, prev=p0.cid, workload=WORKLOAD._replace(gpus=2))).encoded,
+        "InvalidField", True, rental_ctx(answers=p0.encoded.hex()))
+    bad("counter-answers-another-proposal", signed_proposal(base_proposal(
+        kind=COUNTER, round=1, prev=c1.cid)).encoded, "InvalidField", True,
+        rental_ctx(answers=p0.encoded.hex()))
+    bad("counter-signed-by-the-renter", signed_proposal(base_proposal(
+        kind=COUNTER, round=1, prev=p0.cid), renter_peer).encoded, "BadSignature", True,
+        rental_ctx(answers=p0.encoded.hex()))
+    bad("agreement-on-another-proposal", signed_agreement(signed_proposal(base_proposal(
+        price=554))).encoded, "InvalidField", True, a_ctx)
+    bad("agreement-fund-by-past", signed_agreement(p0, fund_by=NOW).encoded, "InvalidField",
+        True, a_ctx)
+    bad("agreement-signed-by-another-peer", signed_agreement(p0, provider_key=other_peer).encoded,
+        "BadSignature", True, a_ctx)
+    bad("agreement-countersigned-by-another-peer",
+        signed_agreement(p0, countersign=True, renter_key=other_peer).encoded, "BadSignature",
+        True, rental_ctx(accepted=half.encoded.hex()))
+    bad("fund-signed-by-another-account", Fund(terms.rental_id, 0, NOW + 300, other_eth.sign_digest(
+        eip712.typed_data_digest(eip712.escrow_domain_separator(CHAIN_ID, ESCROW),
+                                 digest_input.struct_hash())), None).encode(),
+        "BadSignature", True, rental_ctx(agreement=full_for.encoded.hex()))
+    bad("fund-for-a-self-funded-agreement", Fund(rid, 0, NOW + 300, fund_sig, None).encode(),
+        "UnexpectedMessage", True, rental_ctx(agreement=full.encoded.hex()))
+    hm = cbor2.loads(hb1.encoded)
+    bad("heartbeat-signed-by-another-peer", cbor.encode(
+        {**hm, "sig": other_peer.sign(signing_input({k: x for k, x in hm.items() if k != "sig"}))}),
+        "BadSignature", True, hb_ctx)
+    bad("heartbeat-of-another-rental", heartbeat_msg(bytes(32)).encoded, "InvalidField", True,
+        hb_ctx)
+    bad("heartbeat-uptime-faster-than-time", heartbeat_msg(rid, uptime=6).encoded,
+        "InvalidField", True, hb_ctx)
+    bad("heartbeat-first-with-a-prev", heartbeat_msg(rid, prev=b"\x01" * 32).encoded,
+        "InvalidField", True, hb_ctx)
+    bad("heartbeat-from-the-future", heartbeat_msg(rid, time=OPENED + 36).encoded,
+        "NotYetValid", True, {**hb_ctx, "now": OPENED + 5})
+    bad("heartbeat-exit-code-while-running", heartbeat_msg(rid, exit=1).encoded, "InvalidField",
+        True, hb_ctx)
+    sample = {**hm["gpus"][0], "ug": 101}
+    bad("heartbeat-utilization-above-100", resigned({**hm, "gpus": [sample]}, provider),
+        "InvalidField", False, hb_ctx)
+    bad("heartbeat-sample-with-null", resigned(
+        {**hm, "gpus": [{**hm["gpus"][0], "tc": None}]}, provider), "Malformed", False, hb_ctx)
+    rm = cbor.decode(Reject(p0.cid, RejectReason.NO_CAPACITY, "").encode(), max_size=512)
+    bad("reject-unknown-reason", cbor.encode({**rm, "reason": 99}), "InvalidField", True)
+    bad("reject-ref-not-a-cid", cbor.encode({**rm, "ref": bytes(36)}), "InvalidField", True)
+    cm = cbor.decode(Close(rid, CloseReason.COMPLETED, "").encode(), max_size=512)
+    bad("close-unknown-reason", cbor.encode({**cm, "reason": 9999}), "InvalidField", True)
+    bad("close-detail-too-long", cbor.encode({**cm, "detail": "x" * 257}), "InvalidField", False)
+    bad("ack-wrong-size-ref", cbor.encode({"v": 1, "kind": "ack", "ref": bytes(20)}),
+        "InvalidField", False)
+    return v
+
+
 def render(vectors: list[dict[str, Any]]) -> str:
     return json.dumps(vectors, indent=2, ensure_ascii=False) + "\n"
 
@@ -309,6 +551,7 @@ def render(vectors: list[dict[str, Any]]) -> str:
 def main(out: Path = HERE) -> None:
     (out / "offers.json").write_text(render(offers()), encoding="utf-8")
     (out / "receipts.json").write_text(render(receipts()), encoding="utf-8")
+    (out / "rental.json").write_text(render(rental()), encoding="utf-8")
 
 
 if __name__ == "__main__":

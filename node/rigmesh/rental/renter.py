@@ -70,7 +70,7 @@ from rigmesh.rental.negotiation import Negotiation, NegState, agreement_signing_
 from rigmesh.rental.policy import RenterWants
 from rigmesh.rental.usage import Usage, UseState
 from rigmesh.wire import cbor, eip712, fields, identity
-from rigmesh.wire.errors import UnexpectedMessage
+from rigmesh.wire.errors import InvalidField, NotYetValid, UnexpectedMessage
 
 
 @dataclass
@@ -311,7 +311,18 @@ class RenterRental:
                                   f"provider closed: {message.reason.name} {message.detail}"))
             return Ack(message.rental_id).encode(), out
         shb, signing_input = message
-        if not use.receive(shb, now, signing_input):
+        try:
+            fresh = use.receive(shb, now, signing_input)
+        except (InvalidField, NotYetValid) as exc:
+            # The provider's own heartbeat for this rental breaks the rules (uptime faster than
+            # time, a broken chain, its clock far off): we stop paying and close.
+            if shb.heartbeat.rental_id != use.rental_id or use.state not in (
+                UseState.STARTING, UseState.RUNNING
+            ):
+                raise
+            self._close(CloseReason.BAD_HEARTBEAT, now, out, exc.detail)
+            return self.reply or b"", out
+        if not fresh:
             assert self.reply is not None
             return self.reply, out
         out.append(Record(use.rental_id, "heartbeat", shb.encoded))
