@@ -18,6 +18,7 @@ from rigmesh.wire.errors import (
     RateLimited,
     Replayed,
     TooLarge,
+    UnknownVersion,
     WrongChain,
 )
 
@@ -59,9 +60,11 @@ def test_replay_is_refused_before_the_signature_check(book: OfferBook) -> None:
 
 
 def test_bad_input_gets_typed_errors(book: OfferBook) -> None:
-    with pytest.raises(Malformed):
+    with pytest.raises(Malformed, match="a message is a CBOR map"):
+        book.ingest(b"\x80", NOW)
+    with pytest.raises(UnknownVersion, match="no version"):  # an empty map: no v, no kind
         book.ingest(b"\xa0", NOW)
-    with pytest.raises(TooLarge):
+    with pytest.raises(TooLarge, match="5000 bytes > limit 2048"):
         book.ingest(b"\x00" * 5000, NOW)
     with pytest.raises(WrongChain):
         book.ingest(signed(1, chain_id=1).encoded, NOW)
