@@ -65,6 +65,7 @@ from rigmesh.p2p.network import (
     RequestHandler,
     TopicHandler,
     Verdict,
+    host_of,
 )
 from rigmesh.wire.cid import message_cid
 from rigmesh.wire.errors import Timeout, UnknownProtocol, WireError
@@ -257,6 +258,15 @@ class Libp2pNetwork:
 
     def peers(self) -> list[bytes]:
         return sorted(p.to_bytes() for p in self.host.get_connected_peers())
+
+    def remote_host(self, peer: bytes) -> str | None:
+        for conn in self.host.get_network().get_connections(ID(peer)):
+            with contextlib.suppress(Exception):  # a connection closing under us
+                for addr in conn.get_transport_addresses():
+                    host = host_of(str(addr))
+                    if host:
+                        return host
+        return None
 
     async def disconnect(self, peer: bytes) -> None:
         with contextlib.suppress(Exception):
