@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
-from rigmesh.wire.errors import BadSignature, Expired, InvalidField, NotYetValid
+from rigmesh.wire.errors import BadSignature, Expired, InvalidField, NotYetValid, WrongChain
 from rigmesh.wire.message import (
     PROTOCOL_VERSION,
     open_typed,
@@ -472,6 +472,16 @@ def _shape() -> cbor.Shape:
 
 
 _SHAPE = _shape()
+
+
+def check_domain(offer: Offer, chain_id: int | None, escrows: frozenset[bytes]) -> None:
+    """WrongChain unless the offer is paid on `chain_id` (None: any chain) through one of the
+    escrow contracts the receiver trusts: a renter would otherwise lock its deposit in a
+    contract it never checked."""
+    if chain_id is not None and offer.chain_id != chain_id:
+        raise WrongChain(f"chain {offer.chain_id}, this book holds chain {chain_id}")
+    if offer.escrow not in escrows:
+        raise WrongChain(f"escrow 0x{offer.escrow.hex()} is not one this node trusts")
 
 
 def check_time(offer: Offer, now: int) -> None:
