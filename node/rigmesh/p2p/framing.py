@@ -5,7 +5,7 @@ many bytes of canonical CBOR. The length is checked against the limit before any
 past it, so a peer cannot make us buffer more than the limit.
 
 A request that fails is answered with an error frame ``{v: 1, kind: "error", code, detail}``
-(code: `rigmesh.wire.errors.ErrorCode`), then the stream is reset.
+(code: `rigmesh.wire.errors.ErrorCode`) instead of a response, and the stream ends as after one.
 """
 
 from __future__ import annotations

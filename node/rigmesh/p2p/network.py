@@ -56,7 +56,7 @@ class Verdict(enum.Enum):
 #: to us (the forwarder, not the origin), BEFORE the message is forwarded to anyone.
 TopicHandler = Callable[[bytes, bytes], Awaitable[Verdict]]
 #: Serves one request: (peer, request bytes) -> response bytes. Raising a `WireError` sends the
-#: peer a typed error frame and resets the stream.
+#: peer a typed error frame instead (spec/p2p.md 4.3).
 RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
 
 
