@@ -70,48 +70,57 @@ def scan(data: bytes) -> None:
     model: truncation, trailing bytes, nesting deeper than `MAX_DEPTH`, tags, floats, simple
     values other than false, true and null, indefinite lengths and reserved head values.
 
-    Builds nothing; one step per head, stopping at the first fault, and a run of one-byte items
-    is skipped in one regular-expression step. Canonical form (shortest heads, key order) is
-    left to the decoder: a message with both kinds of fault is Malformed, whichever comes first.
+    Builds nothing; one step per head (a table gives the size of every item whose size its
+    head says), stopping at the first fault, and a run of one-byte items is skipped in one
+    regular-expression step. Canonical form (shortest heads, key order) is left to the decoder:
+    a message with both kinds of fault is Malformed, whichever comes first.
     """
     n = len(data)
     i = 0
     open_: list[int] = []  # items left to read in each enclosing container
     left = 1  # items left at the current level (the top level holds one)
-    run = _ONE_BYTE_ITEMS.match
+    size_of = _ITEM_SIZE
     while True:
         if not left:
-            if not open_:
-                if i != n:
-                    raise Malformed(f"{n - i} trailing bytes")
-                return
-            left = open_.pop()
-            continue
+            if open_:
+                left = open_.pop()
+                continue
+            if i != n:
+                raise Malformed(f"{n - i} trailing bytes")
+            return
         if i >= n:
             raise Malformed(f"truncated: {left} more items expected at byte {n}")
         b = data[i]
-        if b in _ONE_BYTE:  # a run of whole one-byte scalars, in one step
-            end = run(data, i, min(n, i + left)).end()  # type: ignore[union-attr]
-            left -= end - i
-            i = end
+        size = size_of[b]
+        if size == 1:  # a run of whole one-byte items, in one step
+            run = _ONE_BYTE_ITEMS if len(open_) < MAX_DEPTH else _ONE_BYTE_SCALARS
+            m = run.match(data, i, min(n, i + left))
+            if m is not None:
+                left -= m.end() - i
+                i = m.end()
+                continue
+            size = 0  # an empty array or map one level too deep: the container path refuses it
+        if size > 0:  # an integer or a short string: its head says its whole size
+            i += size
+            if i > n:
+                raise Malformed(f"truncated: an item of {size} bytes at byte {i - size}")
+            left -= 1
             continue
         info = b & 0x1F
         if info < 24:
             arg = info
             i += 1
         elif info < 28:
-            size = 1 << (info - 24)
-            i += 1 + size
+            width = 1 << (info - 24)
+            i += 1 + width
             if i > n:
-                raise Malformed(f"truncated head at byte {i - 1 - size}")
-            arg = int.from_bytes(data[i - size : i], "big")
+                raise Malformed(f"truncated head at byte {i - 1 - width}")
+            arg = int.from_bytes(data[i - width : i], "big")
         else:
             raise Malformed(f"indefinite length or reserved head 0x{b:02x} at byte {i}")
         left -= 1
         major = b >> 5
-        if major < 2:  # integers (with a 64-bit argument: -2**64 .. 2**64 - 1)
-            continue
-        if major < 4:  # byte and text strings
+        if major < 4:  # a byte or text string with a long length
             if arg > n - i:
                 raise Malformed(f"truncated: a string of {arg} bytes at byte {i}")
             i += arg
@@ -128,14 +137,25 @@ def scan(data: bytes) -> None:
             continue
         if major == 6:
             raise Malformed(f"CBOR tags are not allowed (byte {i - 1})")
-        if b not in _SIMPLE:
-            raise Malformed(f"float or simple value 0x{b:02x} is not allowed (byte {i - 1})")
+        raise Malformed(f"float or simple value 0x{b:02x} is not allowed (byte {i - 1})")
 
 
-#: One-byte items that are complete scalars: small integers, empty strings, false, true, null.
-_ONE_BYTE_ITEMS = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\xf4-\xf6]+")
-_ONE_BYTE = frozenset((*range(0x00, 0x18), *range(0x20, 0x38), 0x40, 0x60, 0xF4, 0xF5, 0xF6))
-_SIMPLE = frozenset({0xF4, 0xF5, 0xF6})
+def _item_size(b: int) -> int:
+    """The whole size of an item with head byte `b` where the head says it (integers, strings
+    shorter than 24 bytes, false, true, null), else 0: the scan reads the head."""
+    major, info = b >> 5, b & 0x1F
+    if major < 2 and info < 28:
+        return 1 + (0 if info < 24 else 1 << (info - 24))
+    if major < 4 and info < 24:
+        return 1 + info
+    return 1 if b in (0x80, 0xA0, 0xF4, 0xF5, 0xF6) else 0
+
+
+_ITEM_SIZE = tuple(_item_size(b) for b in range(256))
+#: One-byte items: small integers, empty strings, false, true, null, and (one level deeper,
+#: so only where that fits `MAX_DEPTH`) the empty array and the empty map.
+_ONE_BYTE_SCALARS = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\xf4-\xf6]+")
+_ONE_BYTE_ITEMS = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\x80\xa0\xf4-\xf6]+")
 
 
 def decode_strict(data: bytes) -> Any:
@@ -193,9 +213,11 @@ def _check_keys(value: Any) -> None:
             items = v
         else:
             continue
-        # Scalars dominate; find out at C speed whether any element needs walking.
-        if not set(map(type, items)).isdisjoint(_CONTAINERS):
-            stack.extend(x for x in items if type(x) in _CONTAINERS)
+        # Scalars and empty containers need no walk; leave them out at C speed (filter(None)
+        # drops every empty or zero value), then look whether any container is left.
+        rest = list(filter(None, items))
+        if not set(map(type, rest)).isdisjoint(_CONTAINERS):
+            stack.extend(x for x in rest if type(x) in _CONTAINERS)
     if out_of_order is not None:
         raise out_of_order
 
