@@ -21,10 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import contextlib
+
 from rigmesh.market.book import CURSOR_SIZE, OfferBook
 from rigmesh.market.offer import MAX_OFFER_SIZE
 from rigmesh.p2p import framing, peers, sync
-from rigmesh.wire import cbor
 from rigmesh.wire.errors import ErrorCode, WireError
 from rigmesh.wire.identity import peer_id_to_text
 from tests.factories import CHAIN_ID, NOW, Provider
@@ -186,10 +187,8 @@ def main() -> None:
     def forged_sync() -> None:
         b = fresh_book()
         for o in sync.decode_page(forged_page, req).offers:
-            try:
+            with contextlib.suppress(WireError):
                 b.ingest(o, NOW)
-            except WireError:
-                pass
 
     cost = per_byte(forged_sync, len(forged_page))
     worst = max(worst, (cost, "sync_page: 256 forged offers (decode + ingest)"))
