@@ -92,6 +92,7 @@ interface IRentalEscrow {
     function deposit(address token, uint256 amount) external payable;
 
     /// @notice EIP-2612 permit then deposit for `owner`; anyone may submit it (gasless renters).
+    /// The permit must succeed, unless the owner itself calls with enough allowance.
     function depositWithPermit(
         address owner,
         address token,

@@ -87,8 +87,9 @@ contract RentalEscrow is IRentalEscrow, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc IRentalEscrow
     /// @dev Reverts ZeroAmount, InvalidTerms (token 0 has no permit), FeeOnTransferNotSupported.
-    /// A failing permit is tolerated when the allowance is already there (someone front-ran the
-    /// same permit); otherwise its revert data is passed on.
+    /// A failing permit is tolerated only when the owner itself calls and its allowance already
+    /// covers the amount (then this is `deposit` of tokens it approved); for anyone else the
+    /// permit's revert data is passed on, so a junk signature never moves an owner's tokens.
     function depositWithPermit(
         address owner,
         address token,
@@ -102,7 +103,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, ReentrancyGuardTransient {
         if (token == address(0)) revert InvalidTerms();
         try IERC20Permit(token).permit(owner, address(this), amount, deadline, v, r, s) {}
         catch (bytes memory reason) {
-            if (IERC20(token).allowance(owner, address(this)) < amount) {
+            if (msg.sender != owner || IERC20(token).allowance(owner, address(this)) < amount) {
                 assembly ("memory-safe") {
                     revert(add(reason, 0x20), mload(reason))
                 }

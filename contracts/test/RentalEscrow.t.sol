@@ -821,14 +821,32 @@ contract RentalEscrowTest is EscrowBase {
         escrow.depositWithPermit(owner, ETH, 1e6, deadline, v, r, s);
         vm.expectRevert(IRentalEscrow.ZeroAmount.selector);
         escrow.depositWithPermit(owner, address(usd), 0, deadline, v, r, s);
-        // someone front-runs the permit itself: the deposit still goes through
+        // someone front-runs the permit itself: a stranger's deposit with it now fails (the
+        // allowance is there, but nothing shows it came from this permit), the owner's works
         usd.permit(owner, address(escrow), 1e6, deadline, v, r, s);
         vm.prank(address(0xBEEF));
+        vm.expectRevert(); // the token's own error: the permit's nonce is used
+        escrow.depositWithPermit(owner, address(usd), 1e6, deadline, v, r, s);
+        vm.assertEq(usd.balanceOf(owner), 1e6, "nothing moved");
+        vm.prank(owner);
         escrow.depositWithPermit(owner, address(usd), 1e6, deadline, v, r, s);
         vm.assertEq(escrow.balanceOf(address(usd), owner), 1e6, "credited to the owner");
         // replayed permit with no allowance left: the token's own error comes back
+        vm.prank(owner);
         vm.expectRevert();
         escrow.depositWithPermit(owner, address(usd), 1e6, deadline, v, r, s);
+    }
+
+    function test_depositWithPermit_strangerWithJunkSignatureMovesNothing() public {
+        address owner = address(0x0E12);
+        usd.mint(owner, 1e6);
+        vm.prank(owner);
+        usd.approve(address(escrow), 1e6); // approved for later, by the owner's own choice
+        vm.prank(address(0xBEEF));
+        vm.expectRevert(); // ECDSAInvalidSignature from the token's permit
+        escrow.depositWithPermit(owner, address(usd), 1e6, START + 1 hours, 27, bytes32(0), bytes32(0));
+        vm.assertEq(usd.balanceOf(owner), 1e6, "still the owner's");
+        vm.assertEq(escrow.balanceOf(address(usd), owner), 0, "nothing credited");
     }
 
     function test_stablecoinRentalEndToEnd() public {

@@ -6,15 +6,18 @@ and the CDDL, and that running this script again reproduces the files byte for b
 deterministic and libsecp256k1 signs with RFC 6979 nonces, so the output never changes unless the
 protocol does.
 
-Each vector: name, cbor (hex of the whole message), valid, context (what the decoder is told:
-`now`, and for receipts the expected chain_id, escrow and signer). A valid vector also has
-signing_input, public_key (32-byte Ed25519 key, or 20-byte address for EIP-712), signature and
-cid; an invalid one has error, a code name from spec/protocol.md, and schema_valid (whether it
-still matches spec/messages.cddl, i.e. whether only a rule beyond the CDDL rejects it).
+Each vector: name, cbor (hex of the whole message), valid, context (what the receiver knows:
+`expects`, the kind it reads there, and per kind `now`, the chain and trusted escrows, the
+receipt signer, or the request a sync page or peers answer answers). A valid vector also has
+cid, and a signed one signing_input, public_key (32-byte Ed25519 key, or 20-byte address for
+EIP-712) and signature; an invalid one has error, a code name from spec/protocol.md, and for
+messages schema_valid (whether it still matches spec/messages.cddl, i.e. whether only a rule
+beyond the CDDL rejects it). cbor.json holds bare CBOR items (encoding rules only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 import cbor2
 
 from rigmesh.market.offer import Gpu, Offer, Region, bind_payee
+from rigmesh.p2p import framing, peers, sync
 from rigmesh.rental.codes import CloseReason, RejectReason
 from rigmesh.rental.crypto import SIGNED
 from rigmesh.rental.evidence import TelemetrySample
@@ -49,6 +53,7 @@ from rigmesh.rental.receipt import sign_receipt
 from rigmesh.rental.workload import FileDigest, Workload
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
+from rigmesh.wire.errors import ErrorCode
 from rigmesh.wire.message import SIGNATURE_DOMAIN, signing_input
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +69,13 @@ NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 CHAIN_ID = 31337
 ESCROW = bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3")
 USDC = bytes.fromhex("e7f1725e7734ce288f8367e1bb143e90bb3f0512")
+#: Not trusted by the receivers of the offer vectors.
+OTHER_ESCROW = bytes.fromhex("9fe46736679d2d9a65f0992f2272de9f3c7fa6e0")
+#: Order of the Ed25519 base point.
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+#: The identity point (a point of small order), canonically encoded, and encoded with y = p + 1.
+ED25519_IDENTITY = (1).to_bytes(32, "little")
+ED25519_IDENTITY_NON_CANONICAL = (2**255 - 19 + 1).to_bytes(32, "little")
 
 provider = identity.PeerKey(PROVIDER_SEED)
 other_peer = identity.PeerKey(OTHER_SEED)
@@ -103,11 +115,12 @@ def base_offer(**changes: Any) -> Offer:
 
 
 def offer_ctx() -> dict[str, Any]:
-    return {"now": NOW}
+    return {"expects": "offer", "now": NOW, "chain_id": CHAIN_ID, "escrows": [ESCROW.hex()]}
 
 
 def receipt_ctx() -> dict[str, Any]:
     return {
+        "expects": "receipt",
         "now": NOW,
         "chain_id": CHAIN_ID,
         "escrow": ESCROW.hex(),
@@ -129,15 +142,19 @@ def valid_offer(name: str, offer: Offer) -> dict[str, Any]:
     }
 
 
-def invalid(name: str, data: bytes, error: str, ctx: dict[str, Any], schema_valid: bool) -> dict:
-    return {
-        "name": name,
-        "cbor": data.hex(),
-        "valid": False,
-        "context": ctx,
-        "error": error,
-        "schema_valid": schema_valid,
-    }
+def invalid(
+    name: str, data: bytes, error: str, ctx: dict[str, Any], schema_valid: bool | None
+) -> dict:
+    """`schema_valid` None: a bare CBOR item, no message (cbor.json)."""
+    out = {"name": name, "cbor": data.hex(), "valid": False, "context": ctx, "error": error}
+    if schema_valid is not None:
+        out["schema_valid"] = schema_valid
+    return out
+
+
+def unsigned_valid(name: str, data: bytes, ctx: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "cbor": data.hex(), "valid": True, "context": ctx,
+            "cid": message_cid(data)}
 
 
 def resign(m: dict[str, Any], key: identity.PeerKey = provider) -> bytes:
@@ -150,7 +167,12 @@ def resign(m: dict[str, Any], key: identity.PeerKey = provider) -> bytes:
 
 
 def offer_map(offer: Offer | None = None) -> dict[str, Any]:
-    return cbor2.loads((offer or base_offer()).sign(provider).encoded)
+    """The signed offer as a map; an offer of another provider (vectors of bad keys) gets the
+    provider's signature, which cannot verify anyway."""
+    offer = offer or base_offer()
+    m = offer.unsigned_wire()
+    m["sig"] = provider.sign(signing_input(m))
+    return cbor2.loads(cbor.encode(m))
 
 
 def offers() -> list[dict[str, Any]]:
@@ -261,7 +283,85 @@ def offers() -> list[dict[str, Any]]:
     m = offer_map()
     m["interruptible"] = 0
     v.append(invalid("offer-int-for-bool", resign(m), "Malformed", ctx, False))
+
+    # The domain (protocol.md 3.1): the receiver's chain and the escrows it trusts.
+    for name, change in (
+        ("offer-escrow-all-zero", {"escrow": bytes(20)}),
+        ("offer-escrow-not-trusted", {"escrow": OTHER_ESCROW}),
+        ("offer-other-chain", {"chain_id": 1}),
+    ):
+        v.append(invalid(name, base_offer(**change).sign(provider).encoded, "WrongChain", ctx,
+                         True))
+
+    # The envelope (protocol.md 2.1): v and kind are never Malformed.
+    for name, key, value, error in (
+        ("offer-version-missing", "v", None, "UnknownVersion"),
+        ("offer-version-text", "v", "1", "UnknownVersion"),
+        ("offer-version-true", "v", True, "UnknownVersion"),
+        ("offer-kind-missing", "kind", None, "UnknownKind"),
+        ("offer-kind-integer", "kind", 1, "UnknownKind"),
+    ):
+        m = offer_map()
+        if value is None:
+            del m[key]
+        else:
+            m[key] = value
+        v.append(invalid(name, resign(m), error, ctx, False))
+    v.append(invalid("offer-not-a-map", cbor.encode("offer"), "Malformed", ctx, False))
+
+    # Types and ranges (protocol.md 2.1): a wrong length is InvalidField, a wrong type Malformed.
+    for name, key, value, error in (
+        ("offer-payee-19-bytes", "payee", payee.address[:19], "InvalidField"),
+        ("offer-provider-37-bytes", "provider", provider.peer_id[:37], "InvalidField"),
+        ("offer-escrow-21-bytes", "escrow", ESCROW + b"\x00", "InvalidField"),
+        ("offer-provider-text", "provider", identity.peer_id_to_text(provider.peer_id),
+         "Malformed"),
+        ("offer-listing-negative", "listing", -1, "InvalidField"),
+        ("offer-listing-256", "listing", 256, "InvalidField"),
+        ("offer-price-33-bytes", "price", b"\x01" * 33, "InvalidField"),
+        ("offer-payee-text", "payee", payee.address.hex(), "Malformed"),
+    ):
+        m = offer_map()
+        m[key] = value
+        v.append(invalid(name, resign(m), error, ctx, False))
+    m = offer_map()
+    m["provider"] = b"\x00\x24\x08\x02" + provider.peer_id[4:]  # 38 bytes, not an Ed25519 key
+    v.append(invalid("offer-provider-not-ed25519", resign(m), "Malformed", ctx, True))
+    m = offer_map()
+    m["sig"] = m["sig"][:63]
+    v.append(invalid("offer-sig-63-bytes", cbor.encode(m), "InvalidField", ctx, False))
+
+    # Ed25519 strictness (protocol.md 2.3): each of these passes a more lenient verifier.
+    good_sig = offer_map()["sig"]
+    s_plus_l = int.from_bytes(good_sig[32:], "little") + ED25519_L
+    m = offer_map()
+    m["sig"] = good_sig[:32] + s_plus_l.to_bytes(32, "little")
+    v.append(invalid("offer-signature-s-not-reduced", cbor.encode(m), "BadSignature", ctx, True))
+    m = offer_map()
+    m["sig"] = small_order_r_signature(signing_input({k: x for k, x in m.items() if k != "sig"}))
+    v.append(invalid("offer-signature-small-order-r", cbor.encode(m), "BadSignature", ctx, True))
+    for name, key in (
+        ("offer-small-order-key", ED25519_IDENTITY),
+        ("offer-non-canonical-small-order-key", ED25519_IDENTITY_NON_CANONICAL),
+    ):
+        # R = identity, S = 0 satisfies the cofactored (ZIP-215) equation for any message
+        # under a small-order key, and RFC 8032's as well for the canonical identity.
+        peer_id = identity.PEER_ID_PREFIX + key
+        m = offer_map(base_offer(provider=peer_id, payee_sig=bind_payee(peer_id, payee)))
+        m["sig"] = ED25519_IDENTITY + bytes(32)
+        v.append(invalid(name, cbor.encode(m), "BadSignature", ctx, True))
     return v
+
+
+def small_order_r_signature(message: bytes) -> bytes:
+    """A signature by the provider's key with R the identity point: S = k * a, so that
+    [S]B = R + [k]A holds (RFC 8032's cofactorless equation) while R has small order."""
+    h = hashlib.sha512(PROVIDER_SEED).digest()
+    a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+    k = int.from_bytes(
+        hashlib.sha512(ED25519_IDENTITY + provider.public_key + message).digest(), "little"
+    )
+    return ED25519_IDENTITY + (k % ED25519_L * a % ED25519_L).to_bytes(32, "little")
 
 
 def receipt_vector(name: str, receipt: eip712.Receipt) -> dict[str, Any]:
@@ -400,6 +500,15 @@ def _pk(key: identity.PeerKey) -> bytes:
 
 
 def rental() -> list[dict[str, Any]]:
+    """Rental vectors; each context `expects` the kind the message claims (read there)."""
+    v = _rental()
+    for vector in v:
+        kind = cbor2.loads(bytes.fromhex(vector["cbor"]))["kind"]
+        vector["context"] = {"expects": kind, **vector["context"]}
+    return v
+
+
+def _rental() -> list[dict[str, Any]]:
     v: list[dict[str, Any]] = []
     p0 = signed_proposal(base_proposal())
     ctx = rental_ctx()
@@ -544,14 +653,182 @@ def rental() -> list[dict[str, Any]]:
     return v
 
 
+def req_ctx() -> dict[str, Any]:
+    return {"expects": "sync_req", "chain_id": CHAIN_ID}
+
+
+def page_ctx(limit: int, after: bytes | None) -> dict[str, Any]:
+    return {"expects": "sync_page", "limit": limit, "after": after.hex() if after else None}
+
+
+def sync_vectors() -> list[dict[str, Any]]:
+    key = provider.peer_id + b"\x00"
+    later = provider.peer_id + b"\x03"
+    offers = [base_offer().sign(provider).encoded, base_offer(listing=3).sign(provider).encoded]
+    v = [
+        unsigned_valid("sync-req-first", sync.SyncRequest(CHAIN_ID, None, 256).encode(),
+                       req_ctx()),
+        unsigned_valid("sync-req-next", sync.SyncRequest(CHAIN_ID, key, 1).encode(), req_ctx()),
+        unsigned_valid("sync-page-last-empty", sync.SyncPage([], None).encode(),
+                       page_ctx(5, key)),
+        unsigned_valid("sync-page-two-offers", sync.SyncPage(offers, later).encode(),
+                       page_ctx(2, key)),
+    ]
+
+    def req(**body: Any) -> bytes:
+        return cbor.encode({"v": 1, "kind": "sync_req", "chain_id": CHAIN_ID, "after": None,
+                            "limit": 5, **body})
+
+    def page(**body: Any) -> bytes:
+        return cbor.encode({"v": 1, "kind": "sync_page", "offers": [], "next": None, **body})
+
+    rc = req_ctx()
+    v += [
+        invalid("sync-req-other-chain", req(chain_id=1), "WrongChain", rc, True),
+        invalid("sync-req-chain-zero", req(chain_id=0), "InvalidField", rc, False),
+        invalid("sync-req-cursor-38-bytes", req(after=key[:38]), "InvalidField", rc, False),
+        invalid("sync-req-cursor-128-bytes", req(after=b"k" * 128), "InvalidField", rc, False),
+        invalid("sync-req-cursor-integer", req(after=39), "Malformed", rc, False),
+        invalid("sync-req-limit-zero", req(limit=0), "InvalidField", rc, False),
+        invalid("sync-req-limit-257", req(limit=257), "InvalidField", rc, False),
+        invalid("sync-req-extra-field", req(x=1), "Malformed", rc, False),
+        invalid("sync-req-version-2", req(v=2), "UnknownVersion", rc, False),
+        invalid("sync-req-too-large", req(x=b"\x00" * 300), "TooLarge", rc, False),
+        invalid("sync-page-empty-offer", page(offers=[offers[0], b""]), "InvalidField",
+                page_ctx(5, None), False),
+        invalid("sync-page-offer-2049-bytes", page(offers=[b"\x00" * 2049]), "TooLarge",
+                page_ctx(5, None), False),
+        invalid("sync-page-more-than-requested", page(offers=offers), "TooLarge",
+                page_ctx(1, None), True),
+        invalid("sync-page-cursor-not-advancing", page(offers=offers, next=key), "InvalidField",
+                page_ctx(5, key), True),
+        invalid("sync-page-cursor-40-bytes", page(next=key + b"\x00"), "InvalidField",
+                page_ctx(5, None), False),
+        invalid("sync-page-offers-not-array", page(offers=offers[0]), "Malformed",
+                page_ctx(5, None), False),
+        invalid("sync-page-is-a-request", req(), "UnknownKind", page_ctx(5, None), True),
+    ]
+    return v
+
+
+def peers_vectors() -> list[dict[str, Any]]:
+    text = identity.peer_id_to_text(provider.peer_id)
+    ADDR_TEXT = f"/ip4/192.0.2.1/tcp/4001/p2p/{text}"
+    addrs = [f"/ip4/192.0.2.{i}/tcp/4001/p2p/{text}" for i in range(1, 5)]
+    entry = peers.PeerEntry(provider.peer_id, tuple(addrs[:2]))
+    req_ctx_ = {"expects": "peers_req"}
+
+    def ans_ctx(limit: int) -> dict[str, Any]:
+        return {"expects": "peers", "limit": limit}
+
+    v = [
+        unsigned_valid("peers-req-no-addrs", peers.PeersRequest((), 1).encode(), req_ctx_),
+        unsigned_valid("peers-req-four-addrs", peers.PeersRequest(tuple(addrs), 32).encode(),
+                       req_ctx_),
+        unsigned_valid("peers-answer-empty", peers.PeersAnswer(()).encode(), ans_ctx(8)),
+        unsigned_valid("peers-answer-one", peers.PeersAnswer((entry,)).encode(), ans_ctx(1)),
+    ]
+
+    def req(**body: Any) -> bytes:
+        return cbor.encode({"v": 1, "kind": "peers_req", "addrs": [], "limit": 8, **body})
+
+    def ans(*entries: dict[str, Any]) -> bytes:
+        return cbor.encode({"v": 1, "kind": "peers", "peers": list(entries)})
+
+    good = {"peer": provider.peer_id, "addrs": addrs[:1]}
+    v += [
+        invalid("peers-req-five-addrs", req(addrs=[*addrs, addrs[0]]), "InvalidField", req_ctx_,
+                False),
+        invalid("peers-req-empty-addr", req(addrs=[""]), "InvalidField", req_ctx_, False),
+        invalid("peers-req-addr-201-bytes", req(addrs=["a" * 201]), "InvalidField", req_ctx_,
+                False),
+        invalid("peers-req-addrs-not-array", req(addrs=ADDR_TEXT), "Malformed", req_ctx_, False),
+        invalid("peers-req-limit-33", req(limit=33), "InvalidField", req_ctx_, False),
+        invalid("peers-answer-more-than-asked", ans(good, good), "TooLarge", ans_ctx(1), True),
+        invalid("peers-answer-entry-without-addrs", ans({**good, "addrs": []}), "InvalidField",
+                ans_ctx(8), False),
+        invalid("peers-answer-peer-37-bytes", ans({**good, "peer": provider.peer_id[:37]}),
+                "InvalidField", ans_ctx(8), False),
+        invalid("peers-answer-peer-not-ed25519",
+                ans({**good, "peer": b"\x00\x24\x08\x02" + provider.peer_id[4:]}),
+                "Malformed", ans_ctx(8), True),
+        invalid("peers-answer-entry-not-a-map", ans(provider.peer_id), "Malformed", ans_ctx(8),
+                False),
+    ]
+    return v
+
+
+def error_vectors() -> list[dict[str, Any]]:
+    ctx = {"expects": "error"}
+
+    def frame(**body: Any) -> bytes:
+        return cbor.encode({"v": 1, "kind": "error", "code": 12, "detail": "", **body})
+
+    return [
+        unsigned_valid("error-rate-limited",
+                       framing.encode_error(ErrorCode.RateLimited, "sync pages"), ctx),
+        unsigned_valid("error-code-65535-unknown", frame(code=65535, detail="x" * 256), ctx),
+        invalid("error-code-65536", frame(code=65536), "InvalidField", ctx, False),
+        invalid("error-code-negative", frame(code=-1), "InvalidField", ctx, False),
+        invalid("error-detail-257-bytes", frame(detail="x" * 257), "InvalidField", ctx, False),
+        invalid("error-detail-missing",
+                cbor.encode({"v": 1, "kind": "error", "code": 12}), "Malformed", ctx, False),
+        invalid("error-version-0", frame(v=0), "UnknownVersion", ctx, False),
+    ]
+
+
+def cbor_vectors() -> list[dict[str, Any]]:
+    """Bare items: the encoding rules of protocol.md section 2, no message rules."""
+    ctx = {"expects": "cbor"}
+    ok = [
+        ("cbor-eight-nested-arrays", "81" * 8 + "00"),
+        ("cbor-eight-nested-maps", "a16161" * 7 + "a0"),
+        ("cbor-uint64-max", "1bffffffffffffffff"),
+        ("cbor-nint64-min", "3bffffffffffffffff"),
+        ("cbor-utf8-keys-length-first", cbor.encode({"z": 1, "é": 2, "zz": 3}).hex()),
+    ]
+    bad = [
+        ("cbor-nine-nested-arrays-empty-innermost", "81" * 8 + "80", "Malformed"),
+        ("cbor-nine-nested-maps", "a16161" * 8 + "a0", "Malformed"),
+        ("cbor-bignum-2-pow-64", "c249010000000000000000", "Malformed"),
+        ("cbor-negative-bignum", "c349010000000000000000", "Malformed"),
+        ("cbor-value-sharing-tags", "d81c81d81d00", "Malformed"),
+        ("cbor-half-float", "f93c00", "Malformed"),
+        ("cbor-undefined", "f7", "Malformed"),
+        ("cbor-indefinite-array", "9f01ff", "Malformed"),
+        ("cbor-trailing-byte", "0000", "Malformed"),
+        ("cbor-truncated-array", "830001", "Malformed"),
+        ("cbor-duplicate-key", "a2616101616102", "Malformed"),
+        ("cbor-integer-key", "a10102", "Malformed"),
+        ("cbor-invalid-utf8", "62c328", "Malformed"),
+        ("cbor-non-shortest-integer", "1801", "NotCanonical"),
+        ("cbor-key-order", "a2616201616102", "NotCanonical"),
+        # a non-shortest length first, a tag later: the data model (Malformed) wins
+        ("cbor-non-shortest-then-tag", "8218" + "01" + "c100", "Malformed"),
+    ]
+    return [{"name": n, "cbor": h, "valid": True, "context": ctx} for n, h in ok] + [
+        invalid(n, bytes.fromhex(h), e, ctx, None) for n, h, e in bad
+    ]
+
+
+FILES = {
+    "offers.json": offers,
+    "receipts.json": receipts,
+    "rental.json": rental,
+    "sync.json": sync_vectors,
+    "peers.json": peers_vectors,
+    "error.json": error_vectors,
+    "cbor.json": cbor_vectors,
+}
+
+
 def render(vectors: list[dict[str, Any]]) -> str:
     return json.dumps(vectors, indent=2, ensure_ascii=False) + "\n"
 
 
 def main(out: Path = HERE) -> None:
-    (out / "offers.json").write_text(render(offers()), encoding="utf-8")
-    (out / "receipts.json").write_text(render(receipts()), encoding="utf-8")
-    (out / "rental.json").write_text(render(rental()), encoding="utf-8")
+    for name, make in FILES.items():
+        (out / name).write_text(render(make()), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -264,13 +264,30 @@ def test_token_deposits_follow_erc20_rules() -> None:
     m.deposit(RENTER.address, USD, 1_000)
     with pytest.raises(E.InvalidRecipient):
         m.withdraw(RENTER.address, USD, 1, bytes(20))
-    # A permit deposit with an expired permit still works when the allowance is there.
-    m.deposit_with_permit(EVE.address, RENTER.address, USD, 5, T0 - 1, now=T0)
+    # A failed permit is no deposit for a stranger, even where an allowance covers it (nothing
+    # shows the allowance came from that permit): its error stands, nothing moves.
+    before = m.clone()
+    with pytest.raises(E.ERC2612ExpiredSignature) as expired:
+        m.deposit_with_permit(EVE.address, RENTER.address, USD, 5, T0 - 1, now=T0)
+    assert expired.value.args == (T0 - 1,)
+    with pytest.raises(E.ERC2612InvalidSigner) as junk:
+        m.deposit_with_permit(EVE.address, RENTER.address, USD, 5, T0, now=T0,
+                              permit_signer=EVE.address)
+    assert junk.value.args == (EVE.address, RENTER.address)
+    assert m == before
+    # The owner itself may: that is a deposit of tokens it approved.
+    m.deposit_with_permit(RENTER.address, RENTER.address, USD, 5, T0 - 1, now=T0)
+    # ... but not past its allowance.
     with pytest.raises(E.ERC2612ExpiredSignature):
         m.deposit_with_permit(EVE.address, EVE.address, USD, 5_000, T0 - 1, now=T0)
+    # The permit's own deadline is inclusive: at now == deadline it still works, for anyone.
+    m.wallets.approve(USD, EVE.address, ESCROW, 0)
+    m.deposit_with_permit(RENTER.address, EVE.address, USD, 7, T0, now=T0)
+    assert m.wallets.allowance(USD, EVE.address, ESCROW) == 0  # the permit's 7, spent
     with pytest.raises(E.InvalidTerms):
         m.deposit_with_permit(EVE.address, EVE.address, ETH, 5, T0, now=T0)
     assert m.balance_of(USD, RENTER.address) == 1_005
+    assert m.balance_of(USD, EVE.address) == 7
     assert not m.conservation_errors()
 
 

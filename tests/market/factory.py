@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 
+from rigmesh.escrow.contract import default_escrow_address
 from rigmesh.market.offer import Gpu, Offer, Region, SignedOffer, bind_payee
 from rigmesh.wire.eip712 import EthKey
 from rigmesh.wire.identity import PeerKey
@@ -12,7 +13,7 @@ from rigmesh.wire.identity import PeerKey
 NOW = 1_800_000_000
 CHAIN_ID = 31337
 USDC = bytes.fromhex("a0b86991c6218b36c1d19d4a2e9eb0ce3606eb48")
-ESCROW = bytes(range(20))
+ESCROW = default_escrow_address()  # what a book trusts by default
 
 H100 = ("NVIDIA H100 80GB HBM3", 81559)
 A100 = ("NVIDIA A100-SXM4-40GB", 40960)

@@ -18,6 +18,7 @@ from rigmesh.wire.errors import (
     RateLimited,
     Replayed,
     TooLarge,
+    UnknownVersion,
     WrongChain,
 )
 
@@ -59,9 +60,11 @@ def test_replay_is_refused_before_the_signature_check(book: OfferBook) -> None:
 
 
 def test_bad_input_gets_typed_errors(book: OfferBook) -> None:
-    with pytest.raises(Malformed):
+    with pytest.raises(Malformed, match="a message is a CBOR map"):
+        book.ingest(b"\x80", NOW)
+    with pytest.raises(UnknownVersion, match="no version"):  # an empty map: no v, no kind
         book.ingest(b"\xa0", NOW)
-    with pytest.raises(TooLarge):
+    with pytest.raises(TooLarge, match="5000 bytes > limit 2048"):
         book.ingest(b"\x00" * 5000, NOW)
     with pytest.raises(WrongChain):
         book.ingest(signed(1, chain_id=1).encoded, NOW)
@@ -262,3 +265,28 @@ def test_model_moves_between_buckets(book: OfferBook) -> None:
     assert book.query(OfferQuery(gpu_model="h100"), NOW) == []
     assert book.query(OfferQuery(country="DE"), NOW) == []
     assert [s.offer.seq for s in book.query(OfferQuery(gpu_model="a100", country="US"), NOW)] == [2]
+
+
+def test_offers_for_an_escrow_the_book_does_not_trust_are_wrong_chain() -> None:
+    """spec/protocol.md 3.1: the escrow is part of the domain. By default a book trusts the
+    canonical CREATE2 deployment (this artifact, windows 60 s .. 1 day) and nothing else."""
+    from rigmesh.escrow.contract import escrow_address
+
+    canonical = escrow_address(60, 86400)
+    other = bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3")
+    book = OfferBook(chain_id=CHAIN_ID)
+    assert book.escrows == {canonical}
+    for escrow in (bytes(20), other, escrow_address(60, 86401)):
+        with pytest.raises(WrongChain, match=f"escrow 0x{escrow.hex()} is not one this node"):
+            book.ingest(make_offer(1)._replace(escrow=escrow).sign(peer(1)).encoded, NOW)
+        with pytest.raises(WrongChain, match="not one this node trusts"):  # own offers too
+            book.insert(unsigned(make_offer(2)._replace(escrow=escrow)), NOW)
+    assert book.ingest(make_offer(1)._replace(escrow=canonical).sign(peer(1)).encoded, NOW)
+    configured = OfferBook(chain_id=CHAIN_ID, escrows=[other])
+    configured.ingest(make_offer(3)._replace(escrow=other).sign(peer(3)).encoded, NOW)
+    with pytest.raises(WrongChain, match="not one this node trusts"):
+        configured.ingest(make_offer(4)._replace(escrow=canonical).sign(peer(4)).encoded, NOW)
+    with pytest.raises(WrongChain, match="chain 1, this book holds chain 31337"):
+        configured.ingest(make_offer(5, chain_id=1)._replace(escrow=other).sign(peer(5)).encoded,
+                          NOW)
+    assert len(book) == 1 and len(configured) == 1

@@ -28,7 +28,7 @@ from rigmesh.market.offer import (
     parse_offer,
     parse_offer_strict,
 )
-from rigmesh.wire.errors import WireError
+from rigmesh.wire.errors import InvalidField, WireError
 from tests.factories import Provider
 
 PROVIDER = Provider(7)
@@ -175,3 +175,39 @@ def test_combined_changes_get_the_same_verdict(
             continue
         m = _with(m, path, value)
     assert_agree(m)
+
+
+@pytest.mark.parametrize(
+    ("rule", "detail"),
+    [
+        ({"min_seconds": 10, "max_seconds": 9}, "min_seconds > max_seconds"),
+        ({"expires": ISSUED}, r"expires must be within \(issued, issued \+ 86400\]"),
+        ({"expires": ISSUED + 86401}, r"expires must be within \(issued, issued \+ 86400\]"),
+        ({"cpu_cores": 0, "gpu": None}, "at least a GPU or a CPU core"),
+        ({"price": b""}, "price: must be positive"),
+    ],
+)
+def test_each_cross_field_rule_refuses_with_its_own_detail(
+    rule: dict[str, Any], detail: str
+) -> None:
+    """Both paths refuse, and for this rule (agreeing alone would let a rule dropped from both
+    go unseen); the limits are written out here, not read from the module."""
+    for parse in (parse_offer, parse_offer_strict):
+        with pytest.raises(InvalidField, match=detail):
+            parse({**GPU_OFFER, **rule})
+
+
+@pytest.mark.parametrize(
+    "edge",
+    [
+        {"min_seconds": 10, "max_seconds": 10},
+        {"expires": ISSUED + 1},
+        {"expires": ISSUED + 86400},  # 24 h exactly
+        {"cpu_cores": 0},  # a GPU alone is enough
+    ],
+)
+def test_each_rule_edge_is_accepted(edge: dict[str, Any]) -> None:
+    for parse in (parse_offer, parse_offer_strict):
+        offer, _ = parse({**GPU_OFFER, **edge})
+        for key, value in edge.items():
+            assert getattr(offer, key) == value

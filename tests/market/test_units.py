@@ -86,6 +86,9 @@ def test_price_per_vram_key_is_exact_integer() -> None:
         ("900000 units/h", 250),
         ("694 units/s", 694),
         ("41640 units/min", 694),
+        ("41640 units/m", 694),
+        ("41640 units/minute", 694),
+        ("41640 units/minutes", 694),
         ("60 $/day", 694),
         ("3600 units/hours", 1),
     ],
@@ -132,6 +135,8 @@ def test_parse_params() -> None:
     assert parse_params("350m") == 350 * 10**6
     assert parse_params("1.1t") == 1_100 * 10**9
     assert parse_params("8x7b") == 56 * 10**9
+    assert parse_params("350k") == 350_000
+    assert parse_params("2x350m") == 700_000_000  # an odd expert count is fine
     for bad in ("", "70", "b", "70q", "1.5.5b", "0b", "-7b", "70 billion"):
         with pytest.raises(InvalidField):
             parse_params(bad)
@@ -157,6 +162,11 @@ def test_precisions_and_batch() -> None:
     assert estimate_vram("8b", precision="int4").kv_cache_bytes == bf16.kv_cache_bytes
     assert estimate_vram("8b", batch=4).kv_cache_bytes == 4 * bf16.kv_cache_bytes
     assert estimate_vram("8b", kv_precision="fp8").kv_cache_bytes * 2 == bf16.kv_cache_bytes
+    # Written out: llama-3-8b's 8,030,261,248 parameters, 32 layers, 8 KV heads of 128, and
+    # the defaults (bf16 cache, 4,096 tokens, batch 1); 1 GiB = 2**30.
+    assert estimate_vram("8b", precision="int8").weights_bytes == 8_030_261_248
+    assert bf16.kv_cache_bytes == 2 * 32 * 8 * 128 * 4096 * 2
+    assert bf16.overhead_bytes == (2 * 8_030_261_248 + bf16.kv_cache_bytes) // 10 + 2**30
 
 
 def test_unknown_sizes_use_the_heuristic() -> None:

@@ -93,9 +93,45 @@ def test_sync_messages_are_strict() -> None:
     with pytest.raises(NotCanonical):
         sync.decode_request(b"\xa5" + req.encode()[1:].replace(b"\x0a", b"\x18\x0a"), CHAIN)
     page = sync.SyncPage([b"x" * 10, b"y"], b"c" * 39)
-    assert sync.decode_page(page.encode(), 2) == page
-    with pytest.raises(TooLarge):
-        sync.decode_page(page.encode(), 1)
+    two = sync.SyncRequest(CHAIN, None, 2)
+    assert sync.decode_page(page.encode(), two) == page
+    with pytest.raises(TooLarge, match="page of 2 offers > requested 1"):
+        sync.decode_page(page.encode(), sync.SyncRequest(CHAIN, None, 1))
+
+
+@pytest.mark.parametrize("size", [1, 38, 40, 128])
+def test_sync_cursor_is_39_bytes_both_ways(size: int) -> None:
+    """messages.cddl and spec/p2p.md: a cursor is the 39-byte key provider || listing."""
+    with pytest.raises(InvalidField, match=f"after: a cursor has 39 bytes, got {size}"):
+        sync.decode_request(sync.SyncRequest(CHAIN, b"k" * size, 5).encode(), CHAIN)
+    page = sync.SyncPage([], b"k" * size).encode()
+    with pytest.raises(InvalidField, match=f"next: a cursor has 39 bytes, got {size}"):
+        sync.decode_page(page, sync.SyncRequest(CHAIN, None, 5))
+
+
+def test_sync_page_refuses_empty_offers_and_a_cursor_that_does_not_advance() -> None:
+    req = sync.SyncRequest(CHAIN, b"\x05" * 39, 5)
+    with pytest.raises(InvalidField, match="an empty offer"):
+        sync.decode_page(sync.SyncPage([b"o", b""], None).encode(), req)
+    with pytest.raises(TooLarge, match="offer of 2049 bytes"):
+        sync.decode_page(sync.SyncPage([b"o" * 2049], None).encode(), req)
+    sync.decode_page(sync.SyncPage([b"o" * 2048], None).encode(), req)
+    for behind in (b"\x05" * 39, b"\x05" * 38 + b"\x04", b"\x00" * 39):
+        with pytest.raises(InvalidField, match="the cursor did not advance"):
+            sync.decode_page(sync.SyncPage([b"o"], behind).encode(), req)
+    ahead = b"\x05" * 38 + b"\x06"
+    assert sync.decode_page(sync.SyncPage([b"o"], ahead).encode(), req).next == ahead
+
+
+def test_error_frame_codes_are_16_bits() -> None:
+    def frame(code: int) -> bytes:
+        return cbor.encode({"v": 1, "kind": "error", "code": code, "detail": "d"})
+
+    assert framing.decode_error(frame(0xFFFF)).detail == "peer: unknown error code 65535: d"
+    with pytest.raises(InvalidField, match="code: 65536 outside"):
+        framing.decode_error(frame(0x10000))
+    with pytest.raises(InvalidField, match="code: -1 outside"):
+        framing.decode_error(frame(-1))
 
 
 def test_token_bucket_and_score_decay() -> None:
@@ -135,11 +171,11 @@ async def test_garbage_on_a_libp2p_stream_gets_a_typed_error_and_service_continu
             await client.request(server.peer_id, "/rigmesh/nonexistent/1", b"x", timeout=5)
         raw = await client.request(server.peer_id, SYNC_PROTOCOL,
                                    sync.SyncRequest(CHAIN, None, 2).encode())
-        page = sync.decode_page(raw, 2)
+        page = sync.decode_page(raw, sync.SyncRequest(CHAIN, None, 2))
         assert len(page.offers) == 2 and page.next is not None
         raw = await client.request(server.peer_id, SYNC_PROTOCOL,
                                    sync.SyncRequest(CHAIN, page.next, 2).encode())
-        last = sync.decode_page(raw, 2)
+        last = sync.decode_page(raw, sync.SyncRequest(CHAIN, page.next, 2))
         assert len(last.offers) == 1 and last.next is None
         # garbage and the wrong chain reached the sync handler and count against the client;
         # the oversized frame was refused by the framing layer before any handler saw it

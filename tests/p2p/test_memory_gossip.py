@@ -5,6 +5,7 @@ The same scenarios run against real libp2p hosts in separate processes in test_m
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from rigmesh.p2p.memory import LinkParams
@@ -163,3 +164,38 @@ async def test_full_book_ignores_without_penalizing_the_forwarder() -> None:
     assert gossip.counters["book_limited"] == 50
     assert "rejected" not in gossip.counters
     assert not gossip.network.is_banned(forwarder.peer_id)
+
+
+def test_join_takes_the_first_good_sync_and_scores_a_silent_peer() -> None:
+    """Of two bootstrap peers one never answers sync: the join goes on as soon as the other's
+    sync ended (not after the 10 s deadline), and the silent one is scored when it passes."""
+    from rigmesh.p2p.network import SYNC_PROTOCOL
+
+    async def silent(peer: bytes, data: bytes) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def body(sim: Sim) -> tuple[float, int, float, float]:
+        good, mute = await sim.add_node(), await sim.add_node()
+        for listing in range(3):
+            await sim.publish(0, listing=listing)
+        mute.net.serve(SYNC_PROTOCOL, silent)
+        late = await sim.add_node()
+        t0 = trio.current_time()
+        await late.gossip.join([good.net.addrs()[0], mute.net.addrs()[0]])
+        took = trio.current_time() - t0
+        size = len(late.book)
+        scores = late.gossip.scores
+        before = scores.penalty(mute.key.peer_id, trio.current_time())
+        # virtual time: wait until the straggler's sync has ended (its "synced" event)
+        while not any('"error": "Timeout' in line for line in sim.log):
+            await trio.sleep(0.5)
+        return took, size, before, scores.penalty(mute.key.peer_id, trio.current_time())
+
+    sim = Sim(9, config={"join_sync_peers": 2, "republish_interval": 3600.0,
+                         "anti_entropy_interval": 3600.0})
+    took, size, before, after = run_sim(9, lambda: open_sim(sim, body))
+    assert took < 1.0
+    assert size == 3
+    assert before == 0.0
+    assert after == pytest.approx(2.0, rel=0.01)  # the Timeout penalty, barely decayed

@@ -15,7 +15,14 @@ from rigmesh.p2p.memory import LinkParams
 from rigmesh.p2p.network import NetworkError
 from rigmesh.p2p.scenario import Sim, open_sim, run_sim
 from rigmesh.wire import cbor
-from rigmesh.wire.errors import InvalidField, Malformed, RateLimited, TooLarge, UnknownKind
+from rigmesh.wire.errors import (
+    InvalidField,
+    Malformed,
+    RateLimited,
+    TooLarge,
+    UnknownKind,
+    WireError,
+)
 from rigmesh.wire.identity import PeerKey, peer_id_to_text
 from tests.p2p.procs import PeerProc
 from tests.p2p.test_multiprocess import STARTUP, addr
@@ -171,3 +178,67 @@ def test_exchange_with_a_vanished_peer_fails_cleanly() -> None:
             return -1
 
     assert run_sim(4, lambda: open_sim(Sim(4), body)) == 0
+
+
+def test_only_addresses_on_the_askers_own_host_are_passed_on() -> None:
+    """An asker announcing addresses on other hosts (here /ip4/10.x.0.1, its connection being a
+    memory one) gets none of them passed on, so it cannot have honest nodes dial a host of its
+    choice; its own address is passed on, once, and the table keeps at most 4 per peer."""
+
+    async def body(sim: Sim) -> tuple[tuple[str, ...], ...]:
+        for _ in range(3):
+            await sim.add_node()
+        a, b, c = sim.nodes
+        pa = peers.PeerExchange(a.net, target=8, rng=random.Random(1))
+        pa.start()
+        await b.net.connect(a.net.addrs()[0])
+        await c.net.connect(a.net.addrs()[0])
+        me = peer_id_to_text(b.net.peer_id)
+        made_up = tuple(f"/ip4/10.{i}.0.1/tcp/4001/p2p/{me}" for i in range(3))
+        own = b.net.addrs()[0]
+        answers = []
+        for announced in (made_up, (*made_up[:2], own, own)):
+            await b.net.request(a.net.peer_id, peers.PROTOCOL,
+                                peers.PeersRequest(announced, 8).encode())
+            raw = await c.net.request(a.net.peer_id, peers.PROTOCOL,
+                                      peers.PeersRequest((), 8).encode())
+            answers.append(tuple(a for e in peers.decode_answer(raw, 8).peers for a in e.addrs))
+        return tuple(answers)
+
+    nothing, only_own = run_sim(6, lambda: open_sim(Sim(6), body))
+    assert nothing == ()
+    assert only_own == (f"/memory/{peer_id_to_text(Sim(6).key(1).peer_id)}",)
+
+
+def test_garbage_on_peer_exchange_counts_against_the_sender() -> None:
+    """Six malformed requests ban the asker (penalty 10 each, threshold 50), as on sync; an
+    answer that does not decode counts against the answerer."""
+
+    async def body(sim: Sim) -> tuple[list[str], bool, float]:
+        for _ in range(3):
+            await sim.add_node()
+        a, b, c = sim.nodes
+        pa = peers.PeerExchange(a.net, target=8, rng=random.Random(1), rate=100.0)
+        pa.start()
+        await b.net.connect(a.net.addrs()[0])
+        codes = []
+        for _ in range(6):
+            try:
+                await b.net.request(a.net.peer_id, peers.PROTOCOL, b"\xff garbage")
+            except (WireError, NetworkError) as exc:  # the error frame, then the ban
+                codes.append(type(exc).__name__)
+        banned = a.net.is_banned(b.net.peer_id)
+        # c answers peer exchange with garbage: a's exchange with it scores c
+        c.net.serve(peers.PROTOCOL, _garbage)
+        await a.net.connect(c.net.addrs()[0])
+        await pa.exchange(c.net.peer_id)
+        return codes, banned, pa.penalize.scores.penalty(c.net.peer_id, trio.current_time())
+
+    codes, banned, penalty = run_sim(7, lambda: open_sim(Sim(7), body))
+    assert codes[:5] == ["Malformed"] * 5
+    assert banned
+    assert penalty == pytest.approx(10.0)
+
+
+async def _garbage(peer: bytes, data: bytes) -> bytes:
+    return b"\xff\x00"  # not CBOR: Malformed

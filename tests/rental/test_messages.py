@@ -59,7 +59,8 @@ def test_every_kind_round_trips() -> None:
 
 
 def test_a_kind_not_expected_here_is_unknown() -> None:
-    assert refused(P0.encoded, frozenset({msg.HEARTBEAT})) == (ErrorCode.UnknownKind, "proposal")
+    assert refused(P0.encoded, frozenset({msg.HEARTBEAT})) == (
+        ErrorCode.UnknownKind, "kind 'proposal'")
 
 
 def test_size_limits() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 
 import cbor2
 import pytest
@@ -98,12 +99,88 @@ def test_cbor_size_limit_before_parsing() -> None:
         cbor.decode(b"\x00" * 101, max_size=100)
 
 
-def test_cbor_depth_limit() -> None:
-    deep: object = 0
-    for _ in range(cbor.MAX_DEPTH + 2):
-        deep = [deep]
-    with pytest.raises(Malformed):
-        cbor.decode(cbor.encode(deep), max_size=1000)
+def _nested(arrays: int, inner: bytes) -> bytes:
+    return b"\x81" * arrays + inner
+
+
+@pytest.mark.parametrize(
+    ("data", "accepted"),
+    [
+        (_nested(8, b"\x00"), True),  # eight arrays, the top-level one included: the limit
+        (_nested(7, b"\x80"), True),  # the innermost (eighth) array empty
+        (_nested(8, b"\x80"), False),  # a ninth array, even empty
+        (_nested(9, b"\x00"), False),
+        (b"\xa1\x61a" * 7 + b"\xa0", True),  # eight maps
+        (b"\xa1\x61a" * 8 + b"\xa0", False),  # nine
+    ],
+)
+def test_cbor_depth_limit_counts_arrays_and_maps_from_the_top(data: bytes, accepted: bool) -> None:
+    if accepted:
+        assert cbor.encode(cbor.decode(data, max_size=100)) == data
+    else:
+        with pytest.raises(Malformed, match="nesting deeper than 8"):
+            cbor.decode(data, max_size=100)
+
+
+def test_cbor_integer_range_is_64_bits_both_signs() -> None:
+    for value, hex_data in ((2**64 - 1, "1bffffffffffffffff"), (-(2**64), "3bffffffffffffffff")):
+        assert cbor.decode(bytes.fromhex(hex_data), max_size=9) == value
+    for bignum in ("c249010000000000000000", "c349010000000000000000"):  # 2**64 and -2**64 - 1
+        with pytest.raises(Malformed, match="tags are not allowed"):
+            cbor.decode(bytes.fromhex(bignum), max_size=20)
+
+
+def test_cbor_refuses_value_sharing_tags_without_looping() -> None:
+    """Tags 28/29 (cbor2's value sharing) decode to a list that contains itself: the refusal
+    must come from the head scan, before any decoder builds it (it looped forever before)."""
+    with pytest.raises(Malformed, match="tags are not allowed"):
+        cbor.decode(bytes.fromhex("d81c81d81d00"), max_size=100)
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (b"\x81" * 525_247 + b"\x00", "nesting deeper than 8"),
+        (b"\x9a\x00\x06\x1a\x80" + b"\x81" * 400_000, "nesting deeper than 8"),  # [400000 items
+        # every array claims as many items as bytes follow it: cbrrr allocated a list of that
+        # length per level (quadratic memory) before reading a single item
+        (bytes.fromhex("99ffff") * 1000, "truncated"),
+        (b"\x9a\x00\x08\x00\x00" + b"\x00" * 400_000, "truncated"),
+        (b"\x5a\x7f\xff\xff\xff" + b"\x00" * 1000, "truncated"),
+    ],
+)
+def test_cbor_refusals_build_nothing(data: bytes, detail: str) -> None:
+    """Hostile input is refused from its heads: the decoder allocates almost nothing (before the
+    head scan, the first one cost 60 MiB and 222 ms)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(Malformed, match=detail):
+            cbor.decode(data, max_size=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak
+
+
+def test_cbor_malformed_outranks_not_canonical() -> None:
+    """spec/protocol.md 2.1: the first failing check in the order is reported, and the data model
+    (Malformed) comes before canonical form (NotCanonical), wherever each fault sits."""
+    out_of_order = b"\xa2\x61b\x01\x61a\x02"  # {"b": 1, "a": 2}
+    int_key = b"\xa1\x01\x02"  # {1: 2}
+    with pytest.raises(NotCanonical, match="out of canonical order"):
+        cbor.decode(b"\x82" + out_of_order + b"\xa0", max_size=100)
+    for data in (b"\x82" + out_of_order + int_key, b"\x82" + int_key + out_of_order):
+        with pytest.raises(Malformed, match="map keys must be text"):
+            cbor.decode(data, max_size=100)
+    with pytest.raises(Malformed, match="tags are not allowed"):  # a non-shortest head first
+        cbor.decode(b"\x82\x18\x01\xc1\x00", max_size=100)
+
+
+def test_cbor_refuses_non_bytes() -> None:
+    with pytest.raises(Malformed, match="expected bytes, got str"):
+        cbor.decode("\x00", max_size=10)  # type: ignore[arg-type]
+    assert cbor.decode(bytearray(b"\x01"), max_size=10) == 1
+    assert cbor.decode(memoryview(b"\x02"), max_size=10) == 2
 
 
 def test_error_codes_are_stable() -> None:

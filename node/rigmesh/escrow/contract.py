@@ -204,6 +204,19 @@ def escrow_address(
     return create2_address(salt, initcode)
 
 
+#: The challenge-window bounds of the canonical deployment (one minute to one day).
+DEFAULT_MIN_CHALLENGE_WINDOW = 60
+DEFAULT_MAX_CHALLENGE_WINDOW = 86400
+
+
+@cache
+def default_escrow_address() -> bytes:
+    """The canonical escrow: this artifact deployed through CREATE2 with the default windows and
+    salt. The same on every chain, so it is the escrow an offer book trusts unless configured
+    otherwise (spec/protocol.md 3.1)."""
+    return escrow_address(DEFAULT_MIN_CHALLENGE_WINDOW, DEFAULT_MAX_CHALLENGE_WINDOW)
+
+
 def terms_arg(terms: Terms) -> tuple[object, ...]:
     return (
         terms.renter, terms.provider, terms.token, terms.deposit, terms.price_per_second,

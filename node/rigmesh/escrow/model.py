@@ -269,10 +269,10 @@ class EscrowModel:
         """EIP-2612 `permit` then pull `amount` from `owner`, credit `owner` (anyone submits).
 
         The model does not check the permit's signature: `permit_signer` says who signed it
-        (None: the owner, correctly). As in the contract, a failing permit is tolerated when the
-        allowance is already enough (someone front-ran the same permit); else its error stands.
+        (None: the owner, correctly). As in the contract, a failing permit is tolerated only
+        when `sender` is the owner and the allowance is already enough (a plain deposit of
+        tokens it approved); else its error stands.
         """
-        del sender  # anyone may submit; the money and the credit are the owner's
         if amount == 0:
             raise ZeroAmount()
         if token == ETH:
@@ -283,7 +283,7 @@ class EscrowModel:
         elif permit_signer is not None and permit_signer != owner:
             permit_error = ERC2612InvalidSigner(permit_signer, owner)
         if permit_error is not None:
-            if self.wallets.allowance(token, owner, self.address) < amount:
+            if sender != owner or self.wallets.allowance(token, owner, self.address) < amount:
                 raise permit_error
             self._pull(token, owner, amount)
         else:

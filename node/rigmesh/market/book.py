@@ -12,7 +12,8 @@ Rules (the same for gossip, sync and a restart from disk):
 - Bounded: at most ``max_offers`` live offers and ``max_listings_per_provider`` per provider;
   past either a new key is refused with `RateLimited` (a replacement of a held key always
   passes). Floors are bounded by ``2 * max_offers + 1024`` (the soonest to lapse go first).
-- `ingest` runs every cheap check (size, canonical CBOR, fields, time, chain, seq, limits) before
+- `ingest` runs every cheap check (size, canonical CBOR, fields, time, chain and escrow, seq,
+  limits) before
   the Ed25519 verify, so a flood of replays or of offers we would refuse costs no signature check.
 
 Index (why a query over 100,000 offers looks at a few dozen):
@@ -52,11 +53,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 from sortedcontainers import SortedList
 
+from rigmesh.escrow.contract import default_escrow_address
 from rigmesh.market.offer import (
     MAX_OFFER_TTL,
     BindingCache,
     Offer,
     SignedOffer,
+    check_domain,
     check_time,
     read_offer,
     verify_offer,
@@ -75,7 +78,6 @@ from rigmesh.wire.errors import (
     InvalidField,
     RateLimited,
     Replayed,
-    WrongChain,
 )
 
 #: Index slot of each ranking in a bucket.
@@ -131,6 +133,7 @@ class OfferBook:
         self,
         *,
         chain_id: int | None = None,
+        escrows: Iterable[bytes] | None = None,
         max_offers: int = 200_000,
         max_listings_per_provider: int = 16,
         bindings: BindingCache | None = None,
@@ -139,6 +142,9 @@ class OfferBook:
         if max_offers < 1 or max_listings_per_provider < 1:
             raise ValueError("limits must be positive")
         self.chain_id = chain_id
+        #: The escrow contracts this book's offers may name (else WrongChain); by default the
+        #: canonical CREATE2 deployment.
+        self.escrows = frozenset(escrows if escrows is not None else (default_escrow_address(),))
         self.max_offers = max_offers
         self.max_listings_per_provider = max_listings_per_provider
         self.bindings = bindings if bindings is not None else BindingCache()
@@ -185,8 +191,7 @@ class OfferBook:
     def _admit(self, offer: Offer, now: int) -> SignedOffer | None:
         """The book's cheap checks; raises without changing anything (except sweeping expired
         offers to make room). Returns the held offer of the offer's key, if any."""
-        if self.chain_id is not None and offer.chain_id != self.chain_id:
-            raise WrongChain(f"chain {offer.chain_id}, this book holds chain {self.chain_id}")
+        check_domain(offer, self.chain_id, self.escrows)
         key = (offer.provider, offer.listing)
         current = self._live.get(key)
         held = None

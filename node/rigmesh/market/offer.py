@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.cid import message_cid
-from rigmesh.wire.errors import BadSignature, Expired, InvalidField, NotYetValid
+from rigmesh.wire.errors import BadSignature, Expired, InvalidField, NotYetValid, WrongChain
 from rigmesh.wire.message import (
     PROTOCOL_VERSION,
     open_typed,
@@ -450,6 +450,40 @@ def _accept_region(m: dict[str, Any]) -> Region | None:
     return None
 
 
+def _shape() -> cbor.Shape:
+    """The layout of every valid offer (`cbor.Shape`): what the fast path may hand to cbrrr. Built
+    from the field tables above, so it cannot drift from the parsers; sizes as the readers check
+    them, integer ranges left to them."""
+    text, uint = cbor.shape_text, cbor.SHAPE_UINT
+    gpu = cbor.shape_map({
+        "model": text(1, MAX_TEXT), "vram_mib": uint, "count": uint,
+        "compute_capability": text(0, MAX_CC_LEN), "driver": text(0, MAX_DRIVER_LEN),
+        "cuda": text(0, MAX_CUDA_LEN),
+    })  # fmt: skip
+    entries = {
+        **{key: uint for key, _, _ in _UINT_FIELDS},
+        **{key: cbor.shape_bytes(size) for key, size in _BYTES_SIZE.items()},
+        "v": cbor.shape_literal(PROTOCOL_VERSION), "kind": cbor.shape_literal(KIND),
+        "gpu": cbor.shape_either(cbor.SHAPE_NULL, gpu),
+        "region": cbor.shape_map({"country": text(2), "zone": text(0, MAX_TEXT)}),
+        "price": cbor.shape_bytes(1, 32), "interruptible": cbor.SHAPE_BOOL,
+    }
+    return cbor.Shape(cbor.shape_map(entries))
+
+
+_SHAPE = _shape()
+
+
+def check_domain(offer: Offer, chain_id: int | None, escrows: frozenset[bytes]) -> None:
+    """WrongChain unless the offer is paid on `chain_id` (None: any chain) through one of the
+    escrow contracts the receiver trusts: a renter would otherwise lock its deposit in a
+    contract it never checked."""
+    if chain_id is not None and offer.chain_id != chain_id:
+        raise WrongChain(f"chain {offer.chain_id}, this book holds chain {chain_id}")
+    if offer.escrow not in escrows:
+        raise WrongChain(f"escrow 0x{offer.escrow.hex()} is not one this node trusts")
+
+
 def check_time(offer: Offer, now: int) -> None:
     if now >= offer.expires:
         raise Expired(f"expired at {offer.expires}, now {now}")
@@ -465,7 +499,9 @@ def read_offer(data: bytes, now: int) -> tuple[Offer, bytes, bytes]:
     Split from the verification so a book can put its own cheap checks (chain, seq) in between:
     a flood of replays then costs no signature checks."""
     # parse_offer checks the type of every value an offer has: it may skip cbor's type walk.
-    m, (offer, sig) = open_typed(data, max_size=MAX_OFFER_SIZE, kind=KIND, parse=parse_offer)
+    m, (offer, sig) = open_typed(
+        data, max_size=MAX_OFFER_SIZE, kind=KIND, shape=_SHAPE, parse=parse_offer
+    )
     check_time(offer, now)
     return offer, sig, received_signing_input(data, m)
 

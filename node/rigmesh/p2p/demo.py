@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 
+from rigmesh.escrow.contract import default_escrow_address
 from rigmesh.market.offer import Gpu, Offer, Region, bind_payee
 from rigmesh.wire import eip712, identity
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", 81559, 1, "9.0", "570.133.20", "12.8")
-DEMO_ESCROW = bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3")
+#: The canonical escrow address, which offer books trust by default (demo and test offers name
+#: it so the books that receive them need no configuration).
+DEMO_ESCROW = default_escrow_address()
 
 
 class DemoProvider:

@@ -5,7 +5,7 @@ many bytes of canonical CBOR. The length is checked against the limit before any
 past it, so a peer cannot make us buffer more than the limit.
 
 A request that fails is answered with an error frame ``{v: 1, kind: "error", code, detail}``
-(code: `rigmesh.wire.errors.ErrorCode`), then the stream is reset.
+(code: `rigmesh.wire.errors.ErrorCode`) instead of a response, and the stream ends as after one.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from rigmesh.wire.message import PROTOCOL_VERSION, open_envelope
 
 ERROR_KIND = "error"
 MAX_DETAIL = 256
+#: Codes are 16-bit (messages.cddl `error-frame`).
+MAX_ERROR_CODE = 0xFFFF
 #: A varint of a length below 2**63 needs at most 9 bytes; longer prefixes are garbage.
 MAX_VARINT_BYTES = 9
 _ERROR_KEYS = frozenset({"v", "kind", "code", "detail"})
@@ -93,12 +95,14 @@ def decode_error(data: bytes) -> WireError:
     """The typed error an error frame carries (unknown codes map to plain `WireError`)."""
     m = open_envelope(data, max_size=_MAX_ERROR_FRAME, kinds=frozenset({ERROR_KIND}))
     fields.exact_keys(m, _ERROR_KEYS, "error")
-    code = fields.uint(m, "code", low=0, high=2**16)
+    code = fields.uint(m, "code", high=MAX_ERROR_CODE)
     detail = fields.text(m, "detail", max_len=MAX_DETAIL)
     try:
-        return WireError.for_code(ErrorCode(code), f"peer: {detail}")
+        err = WireError.for_code(ErrorCode(code), f"peer: {detail}")
     except ValueError:
-        return WireError(f"peer: unknown error code {code}: {detail}")
+        err = WireError(f"peer: unknown error code {code}: {detail}")
+    err.from_peer = True
+    return err
 
 
 def raise_if_error(data: bytes) -> bytes:

@@ -28,8 +28,8 @@ import trio
 from rigmesh.market.offer import MAX_OFFER_SIZE, Offer, SignedOffer
 from rigmesh.p2p import sync
 from rigmesh.p2p.network import SYNC_PROTOCOL, Network, NetworkError, Verdict, offer_topic
-from rigmesh.p2p.score import PeerScores, ScoreConfig, TokenBucket
-from rigmesh.wire.errors import InvalidField, RateLimited, Replayed, TooLarge, WireError
+from rigmesh.p2p.score import PeerScores, Penalizer, ScoreConfig, TokenBucket
+from rigmesh.wire.errors import RateLimited, Replayed, TooLarge, WireError
 from rigmesh.wire.identity import PeerKey, peer_id_to_text
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ class GossipConfig:
     """Providers re-sign and republish live offers this often (seconds)."""
     anti_entropy_interval: float = 30.0
     join_sync_peers: int = 3
+    """A joining node syncs from this many peers at once ..."""
+    join_sync_enough: int = 1
+    """... and goes on once this many of those syncs ended well."""
     sync_page: int = sync.MAX_PAGE
     sync_max_pages: int = 1000
     """Bounds one sync: at most this many pages (256 000 offers) from one peer."""
@@ -88,10 +91,14 @@ class OfferGossip:
         self.rng = rng or random.Random()
         self.signer = signer
         self.scores = PeerScores(config.scores)
+        #: Counts a rejected message against its sender (also used by peer exchange).
+        self.penalize = Penalizer(network, self.scores, self._emit)
         self._sync_buckets: dict[bytes, TokenBucket] = {}
         self._own: dict[tuple[bytes, int], Offer] = {}
         self._on_event = on_event
         self.counters: dict[str, int] = {}
+        #: `run`'s nursery while it runs (join's remaining syncs go on there).
+        self._nursery: trio.Nursery | None = None
 
     # --- events ---------------------------------------------------------------------------
     def _emit(self, event: str, **kw: Any) -> None:
@@ -110,6 +117,11 @@ class OfferGossip:
             nursery.start_soon(self._every, self.config.republish_interval, self.republish)
             nursery.start_soon(self._every, self.config.anti_entropy_interval, self.anti_entropy)
             nursery.start_soon(self._every, self.config.expire_interval, self._expire)
+            self._nursery = nursery
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
         # A random phase keeps a thousand nodes started together from acting in lockstep.
@@ -124,7 +136,11 @@ class OfferGossip:
 
     async def join(self, bootstrap: list[str]) -> list[bytes]:
         """Dial the bootstrap peers concurrently (a libp2p dial costs >= 250 ms), then sync the
-        book from up to `join_sync_peers` of them. Returns the peers reached."""
+        book from `join_sync_peers` of them at once, returning as soon as `join_sync_enough`
+        of those syncs ended well (or all ended). Returns the peers reached.
+
+        While `run` is running, the syncs still under way go on in its nursery, so a silent
+        peer is still scored when its deadline passes, without holding up the join."""
         reached: list[bytes] = []
 
         async def dial(addr: str) -> None:
@@ -138,9 +154,28 @@ class OfferGossip:
                 nursery.start_soon(dial, addr)
         peers = sorted(set(reached) | set(self.network.peers()))
         chosen = self.rng.sample(peers, min(self.config.join_sync_peers, len(peers)))
-        async with trio.open_nursery() as nursery:
+        enough = min(self.config.join_sync_enough, len(chosen))
+        done = trio.Event()
+        good = ended = 0
+
+        async def one(peer: bytes) -> None:
+            nonlocal good, ended
+            stats = await self.sync_from(peer)
+            ended += 1
+            good += stats.error is None
+            if good >= enough or ended == len(chosen):
+                done.set()
+
+        if not chosen:
+            return sorted(set(reached))
+        if self._nursery is not None:
             for peer in chosen:
-                nursery.start_soon(self.sync_from, peer)
+                self._nursery.start_soon(one, peer)
+            await done.wait()
+        else:  # not running: nobody would score a straggler, so wait for every sync
+            async with trio.open_nursery() as nursery:
+                for peer in chosen:
+                    nursery.start_soon(one, peer)
         return sorted(set(reached))
 
     # --- publishing -----------------------------------------------------------------------
@@ -181,23 +216,13 @@ class OfferGossip:
                 del self._own[key]
 
     # --- receiving ------------------------------------------------------------------------
-    def _reject(self, peer: bytes, exc: WireError, now: float) -> bool:
-        self._emit("rejected", peer=peer_id_to_text(peer), code=exc.code.name)
-        return self.scores.punish(peer, exc.code, now)
-
-    async def _ban(self, peer: bytes) -> None:
-        if not self.network.is_banned(peer):
-            await self.network.ban(peer, self.config.scores.ban_seconds)
-            self._emit("banned", peer=peer_id_to_text(peer))
-
     async def _on_gossip(self, peer: bytes, data: bytes) -> Verdict:
         if self.network.is_banned(peer):
             return Verdict.REJECT
         now = self.clock()
         mono = trio.current_time()
         if not self.scores.allow(peer, mono):
-            if self._reject(peer, RateLimited("gossip rate"), mono):
-                await self._ban(peer)
+            await self.penalize(peer, RateLimited("gossip rate"), mono)
             return Verdict.IGNORE
         try:
             if len(data) > MAX_OFFER_SIZE:
@@ -211,8 +236,7 @@ class OfferGossip:
             self.counters["book_limited"] = self.counters.get("book_limited", 0) + 1
             return Verdict.IGNORE
         except WireError as exc:
-            if self._reject(peer, exc, mono):
-                await self._ban(peer)
+            await self.penalize(peer, exc, mono)
             return Verdict.REJECT
         self._emit("offer", cid=signed.cid, peer=peer_id_to_text(peer), result=kind.name,
                    seq=signed.offer.seq)
@@ -231,8 +255,7 @@ class OfferGossip:
             req = sync.decode_request(data, self.config.chain_id)
             offers, cursor = self.book.page(req.after, req.limit)  # InvalidField: bad cursor
         except WireError as exc:
-            if self._reject(peer, exc, mono):
-                await self._ban(peer)
+            await self.penalize(peer, exc, mono)
             raise
         now = self.clock()
         # Expired offers the book still holds would only cost the requester a penalty check.
@@ -243,26 +266,32 @@ class OfferGossip:
         """Page through `peer`'s book and ingest every offer; bounded by `sync_max_pages`.
 
         An error frame from the peer (it refused, it is overloaded) ends the sync without a
-        penalty; a page we cannot decode, or invalid offers in it, count against the peer.
+        penalty; silence past `sync_timeout`, a page we cannot decode, or invalid offers in it,
+        count against the peer.
         """
         stats = SyncStats(peer)
         after: bytes | None = None
         try:
             for _ in range(self.config.sync_max_pages):
                 req = sync.SyncRequest(self.config.chain_id, after, self.config.sync_page)
-                raw = await self.network.request(
-                    peer, SYNC_PROTOCOL, req.encode(),
-                    timeout=self.config.sync_timeout, max_response=sync.MAX_PAGE_SIZE,
-                )
+                try:
+                    raw = await self.network.request(
+                        peer, SYNC_PROTOCOL, req.encode(),
+                        timeout=self.config.sync_timeout, max_response=sync.MAX_PAGE_SIZE,
+                    )
+                except WireError as exc:
+                    # Silence (our deadline) or an answer over the limit is the peer's doing;
+                    # an error frame it sent (it refused, it is busy) is not held against it.
+                    if not exc.from_peer:
+                        stats.rejected += 1
+                        await self.penalize(peer, exc, trio.current_time())
+                    raise
                 mono = trio.current_time()
                 try:
-                    page = sync.decode_page(raw, req.limit)
-                    if page.next is not None and page.next == after:
-                        raise InvalidField("sync cursor did not advance")
+                    page = sync.decode_page(raw, req)
                 except WireError as exc:
                     stats.rejected += 1
-                    if self._reject(peer, exc, mono):
-                        await self._ban(peer)
+                    await self.penalize(peer, exc, mono)
                     raise
                 stats.pages += 1
                 now = self.clock()
@@ -276,8 +305,7 @@ class OfferGossip:
                         # An offer may expire between the peer's check and ours: not the peer's
                         # fault, which is why Expired's penalty is small.
                         stats.rejected += 1
-                        if self._reject(peer, exc, mono):
-                            await self._ban(peer)
+                        if await self.penalize(peer, exc, mono):
                             raise
                 if page.next is None:
                     break

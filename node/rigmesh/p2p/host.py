@@ -4,9 +4,10 @@ Settings (DESIGN.md, "py-libp2p 0.8.1: settings that matter"; spec/p2p.md, "Goss
 
 - Security is Noise only: the library default also offers TLS, secio and plaintext, and a dialer
   may pick plaintext. Muxer is Yamux only.
-- GossipSub: D = 6 / 4 / 12, 1 s heartbeat, protocol v1.1 only (py-libp2p's v1.2 sends an
-  IDONTWANT control message to every mesh peer for every message, however small; go-libp2p
-  does so only from 1 KiB, and for our sub-2 KiB offers it doubled the CPU a message costs);
+- GossipSub: D = 6 / 4 / 12, 1 s heartbeat, protocols v1.1 and v1.0, not v1.2 (py-libp2p's
+  v1.2 sends an IDONTWANT control message to every mesh peer for every message, however small;
+  go-libp2p does so only from 1 KiB, and for our sub-2 KiB offers it doubled the CPU a message
+  costs);
   spam protection off (it dropped our own publishes past 10/s), adaptive gossip off (it
   stretched the heartbeat to 30 s), eclipse protection off (its IP-diversity rule fights a
   loopback test mesh). Rate limits and scores are ours (rigmesh.p2p.score).
@@ -47,7 +48,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub import pubsub as pubsub_mod
 from libp2p.pubsub import rpc_queue
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -65,6 +66,7 @@ from rigmesh.p2p.network import (
     RequestHandler,
     TopicHandler,
     Verdict,
+    host_of,
 )
 from rigmesh.wire.cid import message_cid
 from rigmesh.wire.errors import Timeout, UnknownProtocol, WireError
@@ -75,8 +77,6 @@ log = logging.getLogger(__name__)
 #: Raised from py-libp2p's 32; a full queue drops messages without a word.
 OUTBOUND_QUEUE = 1024
 SUBSCRIPTION_CHANNEL = 1024
-#: How long a peer that sent garbage gets to read our error frame before the reset.
-ERROR_GRACE = 1.0
 #: How often connected peers missing from pubsub are registered again (see _repair_pubsub).
 PUBSUB_REPAIR_INTERVAL = 2.0
 
@@ -120,9 +120,14 @@ def _msg_id(msg: rpc_pb2.Message) -> bytes:
     return message_cid(msg.data).encode()
 
 
-def make_gossipsub() -> GossipSub:
+#: GossipSub versions we speak, best first: v1.1, and v1.0 for peers with nothing newer (no
+#: IDONTWANT in either; spec/p2p.md 2.2 says what each gets). v1.2 is left out on purpose.
+GOSSIP_PROTOCOLS: tuple[str, ...] = (PROTOCOL_ID_V11, PROTOCOL_ID)
+
+
+def make_gossipsub(protocols: Sequence[str] = GOSSIP_PROTOCOLS) -> GossipSub:
     return GossipSub(
-        protocols=[PROTOCOL_ID_V11],
+        protocols=[TProtocol(p) for p in protocols],
         degree=6,
         degree_low=4,
         degree_high=12,
@@ -176,10 +181,16 @@ class Libp2pNetwork:
     _live = 0
     _dial_lock: trio.Lock | None = None
 
-    def __init__(self, key: PeerKey, *, mdns: bool = False) -> None:
+    def __init__(
+        self,
+        key: PeerKey,
+        *,
+        mdns: bool = False,
+        gossip_protocols: Sequence[str] = GOSSIP_PROTOCOLS,
+    ) -> None:
         self._key = key
         self.host = make_host(key, mdns=mdns)
-        self.router = make_gossipsub()
+        self.router = make_gossipsub(gossip_protocols)
         self.pubsub = Pubsub(
             self.host,
             self.router,
@@ -258,6 +269,15 @@ class Libp2pNetwork:
     def peers(self) -> list[bytes]:
         return sorted(p.to_bytes() for p in self.host.get_connected_peers())
 
+    def remote_host(self, peer: bytes) -> str | None:
+        for conn in self.host.get_network().get_connections(ID(peer)):
+            with contextlib.suppress(Exception):  # a connection closing under us
+                for addr in conn.get_transport_addresses():
+                    host = host_of(str(addr))
+                    if host:
+                        return host
+        return None
+
     async def disconnect(self, peer: bytes) -> None:
         with contextlib.suppress(Exception):
             await self.host.disconnect(ID(peer))
@@ -322,16 +342,10 @@ class Libp2pNetwork:
                         request = await framing.read_frame(stream, max_request)
                         response = await handler(peer, request)
                     except WireError as exc:
-                        # Garbage gets a typed answer, then the stream is reset. A reset
-                        # right after the write discards the unread answer (seen with Yamux),
-                        # so half-close and give the peer a moment to read it first.
-                        await stream.write(framing.frame(framing.error_frame_for(exc)))
-                        with contextlib.suppress(Exception):
-                            await stream.close()
-                        with trio.move_on_after(ERROR_GRACE), contextlib.suppress(Exception):
-                            await stream.read(1)
-                        await _reset(stream)
-                        return
+                        # A refusal is answered like a request: one frame, then our write side
+                        # closes. No reset: one after the write discarded the unread frame
+                        # (Yamux), so a slow requester never learnt why (spec/p2p.md 4.3).
+                        response = framing.error_frame_for(exc)
                     await stream.write(framing.frame(response))
                     await stream.close()
             except trio.TooSlowError:
@@ -401,9 +415,10 @@ async def open_libp2p_network(
     listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
     *,
     mdns: bool = False,
+    gossip_protocols: Sequence[str] = GOSSIP_PROTOCOLS,
 ) -> AsyncIterator[Libp2pNetwork]:
     """Start a host, listen, run pubsub; yield the `Network`; tear everything down on exit."""
-    net = Libp2pNetwork(key, mdns=mdns)
+    net = Libp2pNetwork(key, mdns=mdns, gossip_protocols=gossip_protocols)
     addrs = [multiaddr.Multiaddr(a) for a in listen]
     Libp2pNetwork._live += 1
     try:

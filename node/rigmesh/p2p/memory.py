@@ -203,6 +203,10 @@ class MemoryNetwork:
     def peers(self) -> list[bytes]:
         return sorted(self._neighbours)
 
+    def remote_host(self, peer: bytes) -> str | None:
+        # A memory node's only address is its PeerId: the host is the address itself.
+        return ADDR_PREFIX + peer_id_to_text(peer) if peer in self._neighbours else None
+
     async def disconnect(self, peer: bytes) -> None:
         self._neighbours.pop(peer, None)
         other = self._hub._nodes.get(peer)

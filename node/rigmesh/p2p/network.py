@@ -32,6 +32,13 @@ def offer_topic(chain_id: int) -> str:
     return f"{OFFER_TOPIC_PREFIX}{chain_id}"
 
 
+def host_of(addr: str) -> str:
+    """The host part of a multiaddr, its first two components (``/ip4/10.0.0.1``,
+    ``/dns4/example.org``, ``/memory/<PeerId>``); "" if it has fewer."""
+    parts = addr.split("/")
+    return "/".join(parts[:3]) if len(parts) >= 3 and not parts[0] and parts[2] else ""
+
+
 class Verdict(enum.Enum):
     """What a topic handler decided about one gossip message.
 
@@ -49,7 +56,7 @@ class Verdict(enum.Enum):
 #: to us (the forwarder, not the origin), BEFORE the message is forwarded to anyone.
 TopicHandler = Callable[[bytes, bytes], Awaitable[Verdict]]
 #: Serves one request: (peer, request bytes) -> response bytes. Raising a `WireError` sends the
-#: peer a typed error frame and resets the stream.
+#: peer a typed error frame instead (spec/p2p.md 4.3).
 RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
 
 
@@ -101,6 +108,11 @@ class Network(Protocol):
 
     def peers(self) -> list[bytes]:
         """Connected peers, in a deterministic order (sorted)."""
+        ...
+
+    def remote_host(self, peer: bytes) -> str | None:
+        """`host_of` the address our connection to `peer` runs to (inbound or outbound), or None
+        when not connected: the host a peer has shown it is on."""
         ...
 
     async def disconnect(self, peer: bytes) -> None:

@@ -73,7 +73,8 @@ class Node:
             on_event=lambda e: emit(index, e),
         )
         self.peers = PeerExchange(net, target=target_peers, rng=rng,
-                                  on_event=lambda e: emit(index, e))
+                                  on_event=lambda e: emit(index, e),
+                                  penalize=self.gossip.penalize)
 
     def forged(self, seq: int, listing: int) -> bytes:
         """A well-formed offer with a zeroed signature (for the spam tests)."""

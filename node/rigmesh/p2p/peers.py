@@ -7,9 +7,12 @@ the answer lists up to `limit` other connected peers with the addresses they ann
 asker dials the ones it is not connected to, concurrently, until it has `target` connections.
 
 Addresses are hints, never trusted: a dial to ``…/p2p/<PeerId>`` is authenticated by the
-transport (Noise proves the PeerId; the memory network checks it too), so a lying peer can make
-us waste at most `limit` dials per exchange, each under the dial timeout. Only peers that are
-connected at the moment and announced themselves are passed on.
+transport (Noise proves the PeerId; the memory network checks it too), so a lying answer can make
+us waste at most `limit` dials per exchange, each under the dial timeout. What an answerer passes
+on is checked first, so nobody can make honest nodes dial a host of its choice: only peers that
+are connected at the moment, and of what they announced only the addresses on the host their
+connection comes from (`Network.remote_host`), at most `MAX_ADDRS` per peer. Malformed requests
+and answers count against the sender (`rigmesh.p2p.score.Penalizer`), as on sync.
 
     peers_req = {v: 1, kind: "peers_req", addrs: [* tstr], limit: uint}
     peers     = {v: 1, kind: "peers", peers: [* {peer: bstr, addrs: [* tstr]}]}
@@ -25,8 +28,8 @@ from typing import Any
 import trio
 
 from rigmesh.p2p import framing
-from rigmesh.p2p.network import Network, NetworkError
-from rigmesh.p2p.score import TokenBucket
+from rigmesh.p2p.network import Network, NetworkError, host_of
+from rigmesh.p2p.score import PeerScores, Penalizer, TokenBucket
 from rigmesh.wire import fields, identity
 from rigmesh.wire.errors import InvalidField, Malformed, RateLimited, TooLarge, WireError
 from rigmesh.wire.message import open_envelope
@@ -125,7 +128,10 @@ class PeerExchange:
         rate: float = 1.0,
         rng: random.Random | None = None,
         on_event: EventSink | None = None,
+        penalize: Penalizer | None = None,
     ) -> None:
+        """`penalize`: the node's shared `Penalizer` (the gossip layer's), so misbehaviour here
+        and on gossip and sync adds up; by default one of its own."""
         self.network = network
         self.target = target
         self.interval = interval
@@ -135,6 +141,7 @@ class PeerExchange:
         self._announced: dict[bytes, tuple[str, ...]] = {}
         self._buckets: dict[bytes, TokenBucket] = {}
         self._on_event = on_event
+        self.penalize = penalize or Penalizer(network, PeerScores())
 
     def _emit(self, event: str, **kw: Any) -> None:
         if self._on_event is not None:
@@ -151,20 +158,31 @@ class PeerExchange:
             await trio.sleep(self.interval)
 
     async def _serve(self, peer: bytes, data: bytes) -> bytes:
+        mono = trio.current_time()
         bucket = self._buckets.get(peer)
         if bucket is None:
             bucket = self._buckets[peer] = TokenBucket(self.rate, 5.0)
-        if not bucket.take(trio.current_time()):
-            raise RateLimited("peer exchange")
-        req = decode_request(data)
+        try:
+            if not bucket.take(mono):
+                raise RateLimited("peer exchange")
+            req = decode_request(data)
+        except WireError as exc:
+            await self.penalize(peer, exc, mono)
+            raise
         connected = set(self.network.peers())
         # Forget peers that left, so the table stays as small as our connection list.
         for gone in [p for p in self._announced if p not in connected]:
             del self._announced[gone]
         for gone in [p for p in self._buckets if p not in connected and p != peer]:
             del self._buckets[gone]
-        if req.addrs:
-            self._announced[peer] = req.addrs
+        # Only what the asker's own connection vouches for is passed on: an address on another
+        # host would have later askers dial whatever the asker named.
+        host = self.network.remote_host(peer)
+        vouched = tuple(dict.fromkeys(a for a in req.addrs if host_of(a) == host))[:MAX_ADDRS]
+        if vouched:
+            self._announced[peer] = vouched
+        else:
+            self._announced.pop(peer, None)
         known = sorted(p for p in self._announced if p != peer)
         chosen = self.rng.sample(known, min(req.limit, len(known)))
         return PeersAnswer(tuple(PeerEntry(p, self._announced[p]) for p in chosen)).encode()
@@ -188,6 +206,10 @@ class PeerExchange:
             answer = decode_answer(raw, want)
         except (WireError, NetworkError) as exc:
             self._emit("peers_failed", peer=identity.peer_id_to_text(peer), error=str(exc))
+            # An error frame it sent is its answer, not garbage; anything else of ours to find
+            # (an answer that does not decode, silence, over the limit) counts against it.
+            if isinstance(exc, WireError) and not exc.from_peer:
+                await self.penalize(peer, exc, trio.current_time())
             return 0
         connected = set(self.network.peers())
         me = self.network.peer_id

@@ -12,9 +12,15 @@ Replayed (a duplicate or an older seq) is not penalized: in gossip it happens to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from rigmesh.wire.errors import ErrorCode
+from rigmesh.wire.errors import ErrorCode, WireError
+from rigmesh.wire.identity import peer_id_to_text
+
+if TYPE_CHECKING:
+    from rigmesh.p2p.network import Network
 
 #: Penalty per rejected message. Forgery and garbage cost the most; stale or early messages and
 #: rate-limit overflows are what an honest but slow or busy peer sends now and then.
@@ -31,6 +37,8 @@ PENALTY: dict[ErrorCode, float] = {
     ErrorCode.NotYetValid: 1.0,
     ErrorCode.RateLimited: 0.5,
     ErrorCode.Replayed: 0.0,
+    # A request it left unanswered past the deadline: an honest peer is sometimes just slow.
+    ErrorCode.Timeout: 2.0,
 }
 DEFAULT_PENALTY = 5.0
 
@@ -110,3 +118,34 @@ class PeerScores:
 
     def __len__(self) -> int:
         return len(self._peers)
+
+
+class Penalizer:
+    """Counts a peer's rejected message against it and bans it at the threshold: the one place
+    gossip, sync and peer exchange hold a peer to its misbehaviour (`PeerScores` decides, the
+    `Network` enforces the ban)."""
+
+    def __init__(
+        self,
+        network: Network,
+        scores: PeerScores,
+        on_event: Callable[..., None] | None = None,
+    ) -> None:
+        self.network = network
+        self.scores = scores
+        self._emit = on_event
+
+    async def __call__(self, peer: bytes, exc: WireError, now: float) -> bool:
+        """`now`: the monotonic clock the scores decay on (trio.current_time()). True when the
+        peer is banned (now or before)."""
+        self._event("rejected", peer=peer_id_to_text(peer), code=exc.code.name)
+        if not self.scores.punish(peer, exc.code, now):
+            return False
+        if not self.network.is_banned(peer):
+            await self.network.ban(peer, self.scores.config.ban_seconds)
+            self._event("banned", peer=peer_id_to_text(peer))
+        return True
+
+    def _event(self, event: str, **kw: Any) -> None:
+        if self._emit is not None:
+            self._emit(event, **kw)

@@ -6,8 +6,11 @@ that libp2p dropped from a full queue. Paged and bounded: one request asks for a
 `MAX_PAGE` offers after an opaque cursor; the response carries the offers' signed encodings as
 is (the requester verifies every one, exactly as it would a gossiped one) and the next cursor.
 
-    sync_req  = {v: 1, kind: "sync_req", chain_id: uint, after: bstr / null, limit: uint}
-    sync_page = {v: 1, kind: "sync_page", offers: [* bstr], next: bstr / null}
+    sync_req  = {v: 1, kind: "sync_req", chain_id: uint, after: cursor / null, limit: uint}
+    sync_page = {v: 1, kind: "sync_page", offers: [* bstr], next: cursor / null}
+
+The cursor is the key of the last offer returned, ``provider || listing byte`` (39 bytes), so
+pages come in key order and a requester can tell that each page moves forward.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rigmesh.market.book import CURSOR_SIZE
 from rigmesh.market.offer import MAX_OFFER_SIZE
 from rigmesh.p2p import framing
 from rigmesh.wire import fields
@@ -24,10 +28,10 @@ from rigmesh.wire.message import open_envelope
 REQ_KIND = "sync_req"
 PAGE_KIND = "sync_page"
 MAX_PAGE = 256
-MAX_CURSOR = 128
 MAX_REQ_SIZE = 256
-#: A full page of maximal offers plus the envelope; below the 1 MiB response limit.
-MAX_PAGE_SIZE = MAX_PAGE * (MAX_OFFER_SIZE + 3) + MAX_CURSOR + 64
+#: A full page of maximal offers (3-byte heads) plus the envelope and cursor (under 128 bytes);
+#: below the 1 MiB response limit.
+MAX_PAGE_SIZE = MAX_PAGE * (MAX_OFFER_SIZE + 3) + 128
 _REQ_KEYS = frozenset({"v", "kind", "chain_id", "after", "limit"})
 _PAGE_KEYS = frozenset({"v", "kind", "offers", "next"})
 
@@ -59,8 +63,8 @@ def _cursor(m: dict[str, Any], key: str) -> bytes | None:
         return None
     if type(v) is not bytes:
         raise Malformed(f"{key}: expected bytes or null")
-    if not 0 < len(v) <= MAX_CURSOR:
-        raise InvalidField(f"{key}: cursor of {len(v)} bytes")
+    if len(v) != CURSOR_SIZE:
+        raise InvalidField(f"{key}: a cursor has {CURSOR_SIZE} bytes, got {len(v)}")
     return v
 
 
@@ -77,18 +81,25 @@ def decode_request(data: bytes, chain_id: int) -> SyncRequest:
     return req
 
 
-def decode_page(data: bytes, limit: int) -> SyncPage:
+def decode_page(data: bytes, req: SyncRequest) -> SyncPage:
+    """The answer to `req`: at most `req.limit` offers (TooLarge), each 1..MAX_OFFER_SIZE bytes
+    (empty: InvalidField; longer: TooLarge), and a `next` cursor past `req.after` (InvalidField
+    otherwise: a page must move forward, or paging would never end)."""
     m = open_envelope(data, max_size=MAX_PAGE_SIZE, kinds=frozenset({PAGE_KIND}))
     fields.exact_keys(m, _PAGE_KEYS, PAGE_KIND)
     offers = m["offers"]
     if type(offers) is not list:
         raise Malformed("offers: expected array")
-    if len(offers) > limit:
-        raise TooLarge(f"page of {len(offers)} offers > requested {limit}")
+    if len(offers) > req.limit:
+        raise TooLarge(f"page of {len(offers)} offers > requested {req.limit}")
     for o in offers:
         if type(o) is not bytes:
             raise Malformed("offers: expected array of bytes")
         if len(o) > MAX_OFFER_SIZE:
             raise TooLarge(f"offer of {len(o)} bytes")
-    return SyncPage(offers=offers, next=_cursor(m, "next"))
-
+        if not o:
+            raise InvalidField("offers: an empty offer")
+    cursor = _cursor(m, "next")
+    if cursor is not None and req.after is not None and cursor <= req.after:
+        raise InvalidField("next: the cursor did not advance")
+    return SyncPage(offers=offers, next=cursor)

@@ -40,6 +40,9 @@ class WireError(Exception):
     """A message was rejected. `code` is stable; `detail` is for humans and logs only."""
 
     code: ErrorCode = ErrorCode.Internal
+    #: True when the error came from the peer in an error frame (it refused our request), as
+    #: opposed to one our side found (`rigmesh.p2p.framing.decode_error` sets it).
+    from_peer: bool = False
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(f"{self.code.name}: {detail}" if detail else self.code.name)

@@ -54,17 +54,22 @@ _MAP_HEADS = tuple(bytes((0xA0 + n,)) if n < 24 else bytes((0xB8, n)) for n in r
 
 
 def open_typed(
-    data: bytes, *, max_size: int, kind: str, parse: Callable[[dict[str, Any]], T]
+    data: bytes,
+    *,
+    max_size: int,
+    kind: str,
+    shape: cbor.Shape,
+    parse: Callable[[dict[str, Any]], T],
 ) -> tuple[dict[str, Any], T]:
     """`open_envelope` and then `parse`, for a `parse` that checks the exact type of every value
     the kind has (so it accepts nothing outside the data model, however the bytes decode).
 
-    Fast path, which may only accept: cbrrr's canonical decode straight into `parse`, without
-    `cbor.decode`'s own type walk. Any refusal on the way reads again by `open_envelope` and
-    `parse`, so an error is always the one that path names.
+    Fast path, which may only accept: input that matches the kind's `shape` is decoded by
+    cbrrr straight into `parse`, without `cbor.decode`'s scan and checks. Any refusal on the way
+    reads again by `open_envelope` and `parse`, so an error is always the one that path names.
     """
     if type(data) is bytes and len(data) <= max_size:
-        m = cbor.decode_canonical(data)
+        m = shape.decode(data)
         if (
             type(m) is dict
             and type(m.get("v")) is int
@@ -85,13 +90,11 @@ def open_envelope(data: bytes, *, max_size: int, kinds: frozenset[str]) -> dict[
     if type(m) is not dict:
         raise Malformed("a message is a CBOR map")
     v = m.get("v")
-    if type(v) is not int:
-        raise Malformed("missing or non-integer version 'v'")
-    if v != PROTOCOL_VERSION:
-        raise UnknownVersion(f"version {v}")
+    # Anything but the integer 1, absent included, is a version this node does not speak
+    # (spec/protocol.md section 2.1); the same for a kind that is not one of `kinds`.
+    if type(v) is not int or v != PROTOCOL_VERSION:
+        raise UnknownVersion(f"version {v!r}" if "v" in m else "no version 'v'")
     kind = m.get("kind")
-    if type(kind) is not str:
-        raise Malformed("missing or non-text 'kind'")
-    if kind not in kinds:
-        raise UnknownKind(kind)
+    if type(kind) is not str or kind not in kinds:
+        raise UnknownKind(f"kind {kind!r}" if "kind" in m else "no 'kind'")
     return m
