@@ -25,6 +25,7 @@ One job, start to end:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -516,50 +517,56 @@ class ConfinedRunner:
                 )
             except SandboxError as e:
                 raise JobStartError(str(e)) from e
+            order = sorted(self._staged)
+            sb = sandbox.SandboxSpec(
+                argv=spec.argv,
+                workdir=workdir,
+                system=self._system,
+                ro_paths=tuple(
+                    (f"{stage}/{order.index(p)}" if p in self._staged else p, p)
+                    for p in self.ro_paths
+                ),
+                devices=devices,
+                hidden=hidden,
+                bind_sys=bool(spec.gpus),
+                network=self.network,
+                disable_userns=conf.disable_userns,
+            )
 
-            def prepare() -> tuple[diskfs.JobDisk | None, JobCgroup | None]:
-                # One thread hop for all start-up work (each hop is a scheduler wake-up).
-                d = None
+            def prepare() -> None:
+                # One thread hop for all start-up work (each hop is a scheduler wake-up). What
+                # it makes goes into the outer variables at once: the finally below undoes it.
+                nonlocal disk, cg
                 if self.hard_disk and lim.max_disk_bytes is not None:
-                    d = diskfs.JobDisk.create(image, workdir, lim.max_disk_bytes, uid, gid)
+                    disk = diskfs.JobDisk.create(image, workdir, lim.max_disk_bytes, uid, gid)
                 prepare_workdir(workdir, spec)
                 if os.geteuid() == 0:
                     _chown_tree(workdir, uid, gid)
                 if self._staged:
                     os.mkdir(stage, 0o711)
-                for i, p in enumerate(sorted(self._staged)):
+                for i, p in enumerate(order):
                     os.mkdir(f"{stage}/{i}", 0o755)
-                    diskfs.bind_readonly(p, f"{stage}/{i}")
                     staged.append(f"{stage}/{i}")
-                c = None
+                    diskfs.bind_readonly(p, f"{stage}/{i}")
+                # execvp's failure inside would only show as bwrap's exit 1: say it here.
+                if sandbox.find_command(spec.argv[0], sb) is None:
+                    raise JobStartError(
+                        f"cannot start {spec.argv[0]!r}: no such executable inside the sandbox"
+                    )
                 if self.layout is not None:
                     rules = (*BASE_DEVICES, *(n.rule() for n in devices))
-                    plan = plan_job(
-                        self.layout,
-                        name,
-                        CgroupLimits(lim.memory_bytes, pids_max, lim.cpus, rules),
-                    )
+                    limits = CgroupLimits(lim.memory_bytes, pids_max, lim.cpus, rules)
+                    plan = plan_job(self.layout, name, limits)
                     c = JobCgroup(plan)
-                    try:
-                        c.create()
-                    except CgroupError:
-                        if d is not None:
-                            d.close()
-                        raise
+                    c.create()  # removes what it made if it fails
+                    cg = c
                     if plan.version is CgroupVersion.V2 and plan.devices is not None:
-                        from rigmesh.exec import bpfdev  # v2 only: the devices "controller"
+                        from rigmesh.exec import bpfdev  # v2 only: its devices "controller"
 
-                        try:
-                            bpfdev.attach(plan.dirs[""], plan.devices)
-                        except OSError:
-                            c.remove()
-                            if d is not None:
-                                d.close()
-                            raise
-                return d, c
+                        bpfdev.attach(plan.dirs[""], plan.devices)
 
             try:
-                disk, cg = await trio.to_thread.run_sync(prepare)
+                await trio.to_thread.run_sync(prepare)
             except (OSError, CgroupError, diskfs.DiskSetupError) as e:
                 raise JobStartError(f"cannot set up the job's confinement: {e}") from e
 
@@ -568,7 +575,6 @@ class ConfinedRunner:
             )
             fds: list[int] = []  # ends the child gets; closed here once it has them
             info_r = block_w = -1
-            resolv = info = block = None
             if self.network is NetworkPolicy.OUTBOUND:
                 info_r, info_w = os.pipe()
                 block_r, block_w = os.pipe()
@@ -576,24 +582,9 @@ class ConfinedRunner:
                 os.write(resolv_w, f"nameserver {sandbox.SLIRP_DNS}\n".encode())
                 os.close(resolv_w)
                 fds = [info_w, block_r, resolv_r]
-                info, block, resolv = info_w, block_r, resolv_r
-            sb = sandbox.SandboxSpec(
-                argv=spec.argv,
-                workdir=workdir,
-                system=self._system,
-                ro_paths=tuple(
-                    (f"{stage}/{sorted(self._staged).index(p)}" if p in self._staged else p, p)
-                    for p in self.ro_paths
-                ),
-                devices=devices,
-                hidden=hidden,
-                bind_sys=bool(spec.gpus),
-                network=self.network,
-                resolv_conf_fd=resolv,
-                info_fd=info,
-                block_fd=block,
-                disable_userns=conf.disable_userns,
-            )
+                sb = dataclasses.replace(
+                    sb, resolv_conf_fd=resolv_r, info_fd=info_w, block_fd=block_r
+                )
             job = SupervisedJob(spec, workdir, token, decode_status=sandbox.bwrap_status)
             procs_files = cg.plan.procs_files if cg is not None else ()
             try:
@@ -641,7 +632,7 @@ class ConfinedRunner:
 
                 def cleanup() -> None:
                     for m in staged:
-                        diskfs.unmount(m)
+                        diskfs.unmount(m)  # fails harmlessly where the bind never happened
                         with contextlib.suppress(OSError):
                             os.rmdir(m)
                     with contextlib.suppress(OSError):

@@ -220,6 +220,35 @@ def plan_bwrap(bwrap: str, s: SandboxSpec) -> list[str]:
     return [*a, "--", *s.argv]
 
 
+def host_path(inside: str, s: SandboxSpec) -> str | None:
+    """The host path behind a path as the job sees it, or None if the sandbox does not show it.
+    Lets the runner refuse a command that cannot exist inside before it starts anything."""
+    p = os.path.normpath(inside)
+    for name, target in s.system:  # /bin -> usr/bin on merged-/usr hosts
+        if target is not None and (p == f"/{name}" or p.startswith(f"/{name}/")):
+            p = os.path.normpath(os.path.join("/", target) + p[len(name) + 1 :])
+    views = [(f"/{n}", f"/{n}") for n, t in s.system if t is None]
+    views += [(dst, src) for src, dst in s.ro_paths]
+    views += [(JOB_DIR, s.workdir), ("/tmp", os.path.join(s.workdir, "tmp"))]
+    for dst, src in sorted(views, key=lambda v: -len(v[0])):  # the deepest mount wins
+        if p == dst or p.startswith(dst + "/"):
+            return src + p[len(dst) :]
+    return None
+
+
+def find_command(argv0: str, s: SandboxSpec) -> str | None:
+    """Host path of the executable `argv0` names inside the sandbox (PATH search as execvp)."""
+    if "/" in argv0:
+        candidates = [argv0 if argv0.startswith("/") else f"{JOB_DIR}/{argv0}"]
+    else:
+        candidates = [f"{d}/{argv0}" for d in SANDBOX_PATH.split(":")]
+    for c in candidates:
+        h = host_path(c, s)
+        if h is not None and os.path.isfile(h) and os.access(h, os.X_OK):
+            return h
+    return None
+
+
 def bwrap_status(rc: int) -> tuple[int | None, int | None]:
     """(exit code, signal) of the job from bwrap's exit status: bwrap exits 128+n when the job
     died of signal n (as shells report it; a job exiting 129..192 by itself reads the same)."""
