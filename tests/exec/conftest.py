@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from exec_fixtures import FIXTURES, JOB_RO_PATHS
+from exec_fixtures import FAKE_GPUS, FIXTURES, JOB_RO_PATHS
 
 from rigmesh.exec import ConfinedRunner, Confinement, Isolation, detect_confinement
 from rigmesh.exec.confined import gpu_table
@@ -53,9 +53,6 @@ def confined_base() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-FAKE_GPUS = {"GPU-aaaa": 0, "GPU-bbbb": 1}
-
-
 @pytest.fixture(scope="session")
 def fake_dev(confined_base: str) -> str:
     """A /dev stand-in with NVIDIA device nodes (major 195, as the driver's): CI has no GPU.
@@ -63,7 +60,9 @@ def fake_dev(confined_base: str) -> str:
     d = os.path.join(confined_base, "dev")
     os.mkdir(d, 0o755)
     for name, minor in [*((f"nvidia{m}", m) for m in FAKE_GPUS.values()), ("nvidiactl", 255)]:
-        os.mknod(os.path.join(d, name), 0o666 | stat.S_IFCHR, os.makedev(195, minor))
+        path = os.path.join(d, name)
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(195, minor))
+        os.chmod(path, 0o666)  # as the driver's nodes are (mknod's mode went through umask)
     return d
 
 

@@ -1,4 +1,4 @@
-"""Paths and constants of the GPU captures in tests/exec/fixtures (real H100 readings)."""
+"""Paths and constants of the exec tests: GPU captures (real H100 readings), job interpreter."""
 
 from __future__ import annotations
 
@@ -15,3 +15,4 @@ H100_VRAM_MIB = 81559
 # and the confined runner binds its installation read-only when it lives outside /usr.
 JOB_PY = os.path.realpath(sys.executable)
 JOB_RO_PATHS = () if sys.base_prefix.startswith("/usr/") else (sys.base_prefix,)
+FAKE_GPUS = {"GPU-aaaa": 0, "GPU-bbbb": 1}  # uuid -> minor of the fake /dev/nvidia<minor>

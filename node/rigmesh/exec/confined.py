@@ -436,8 +436,10 @@ class ConfinedRunner:
         conf = confinement if confinement is not None else detect_confinement()
         if conf.isolation is Isolation.NONE or conf.bwrap is None:
             raise ConfinementUnavailable(conf.reasons)
-        if network is NetworkPolicy.OUTBOUND and conf.slirp4netns is None:
-            raise ConfinementUnavailable(["outbound network needs slirp4netns"], "network")
+        if network is NetworkPolicy.OUTBOUND and (conf.slirp4netns is None or os.geteuid()):
+            raise ConfinementUnavailable(
+                ["outbound network needs slirp4netns and a node running as root"], "network"
+            )
         self.conf = conf
         self.runner_id = validate_runner_id(runner_id)
         self.keep_workdirs = keep_workdirs
@@ -517,6 +519,7 @@ class ConfinedRunner:
                 )
             except SandboxError as e:
                 raise JobStartError(str(e)) from e
+            hidden = tuple(h for h in hidden if os.path.isdir(h))  # only what the driver shows
             order = sorted(self._staged)
             sb = sandbox.SandboxSpec(
                 argv=spec.argv,
@@ -673,7 +676,11 @@ class ConfinedRunner:
                     "--disable-host-loopback",
                     f"--ready-fd={ready_w}",
                     f"--exit-fd={exit_r}",
-                    str(pid),
+                    # The network namespace by path, without joining the job's user namespace:
+                    # bwrap reports the pid before it has finished switching user namespaces
+                    # (--disable-userns nests one), and root needs none to enter the netns.
+                    "--netns-type=path",
+                    f"/proc/{pid}/ns/net",
                     "tap0",
                 ],
                 stdin=subprocess.DEVNULL,
@@ -696,9 +703,8 @@ class ConfinedRunner:
         finally:
             os.close(ready_r)
         routes = sandbox.blocked_routes(await trio.to_thread.run_sync(sandbox.host_networks))
-        enter = ["-n"] if os.geteuid() == 0 else ["-U", "--preserve-credentials", "-n"]
         r = await trio.run_process(
-            ["nsenter", "-t", str(pid), *enter, "ip", "-batch", "-"],
+            ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-"],
             stdin=sandbox.route_batch(routes).encode(),
             capture_stderr=True,
             check=False,

@@ -84,6 +84,8 @@ def mkfs_argv(image: str, uid: int, gid: int) -> list[str]:
         "^has_journal",
         "-m",
         "0",
+        "-b",
+        "4096",  # what a big disk gets anyway; mkfs picks 1 KiB for small images otherwise
         "-E",
         f"lazy_itable_init=1,nodiscard,root_owner={uid}:{gid}",
         image,
@@ -183,11 +185,16 @@ class JobDisk:
             raise
 
     def usage(self) -> tuple[int, int, bool]:
-        """(bytes used, bytes the job may still write, full): from statvfs, no walk."""
+        """(bytes used, bytes the job may still write, full): from statvfs, no walk.
+
+        "Full" leaves a little slack: ext4 refuses a write some blocks before statvfs shows
+        zero free (it needs room for the file's extent blocks too), so a job can be stopped by
+        ENOSPC with a few hundred KiB still showing free."""
         st = os.statvfs(self.mount_point)
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
         free = st.f_bavail * st.f_frsize
-        return used, free, st.f_bavail == 0 or st.f_favail == 0
+        slack = min(1 << 20, self.size // 64)
+        return used, free, free < slack or st.f_favail == 0
 
     def close(self) -> None:
         # Lazy: a process still holding a file (there should be none) cannot keep the mount.

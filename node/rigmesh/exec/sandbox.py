@@ -16,8 +16,8 @@ The sandbox (bubblewrap, Debian package `bubblewrap`):
   PCI topology there; its files that touch a device need host root).
 - /job is the job's working directory (read-write, its HOME and cwd), /tmp is its tmp/ (so
   scratch counts against the disk budget); /proc is the job's own PID namespace; /dev holds
-  null, zero, full, random, urandom, tty, a private devpts and shm, and the device nodes of the
-  GPUs it rented, nothing else.
+  null, zero, full, random, urandom, tty, a private devpts, a private writable /dev/shm, and the
+  device nodes of the GPUs it rented, nothing else; /dev itself is read-only.
 """
 
 from __future__ import annotations
@@ -193,7 +193,10 @@ def plan_bwrap(bwrap: str, s: SandboxSpec) -> list[str]:
     ]
     if s.disable_userns:
         a.append("--disable-userns")
-    a += ["--die-with-parent", "--new-session", "--hostname", "rigmesh-job"]
+    # No --die-with-parent: its parent-death signal follows the thread that spawned bwrap, and
+    # trio spawns from worker threads that retire when idle, which would kill a healthy job.
+    # A job outlives a crashed node instead, in its cgroup, until `reap_stale()` at restart.
+    a += ["--new-session", "--hostname", "rigmesh-job"]
     for name, target in s.system:
         if target is None:
             a += ["--ro-bind", f"/{name}", f"/{name}"]
@@ -206,6 +209,9 @@ def plan_bwrap(bwrap: str, s: SandboxSpec) -> list[str]:
         a += ["--dev-bind", d.host_path, d.inside]
     for h in s.hidden:
         a += ["--tmpfs", h]
+    # /dev read-only but for its own shm (POSIX shared memory: PyTorch's DataLoader needs it;
+    # tmpfs pages are charged to the job's memory cgroup).
+    a += ["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     if s.bind_sys:
         a += ["--ro-bind", "/sys", "/sys"]
     bind = "--bind" if s.workdir_writable else "--ro-bind"
