@@ -482,6 +482,41 @@ def read_layout() -> tuple[CgroupLayout | None, list[str]]:
     return find_layout(full, own)
 
 
+NODE_LEAF = "rigmesh-node"
+
+
+def needs_leaf(procs: set[int], me: int) -> bool:
+    """v2's no-internal-processes rule: a cgroup that holds processes cannot hand controllers
+    to children. Where the only process in the node's cgroup is the node, it can move itself
+    into a leaf beside its jobs; with anyone else there it must not (it would move only
+    itself and still fail), and the provider has to delegate a cgroup (systemd Delegate=yes)."""
+    return procs == {me}
+
+
+def prepare_v2(layout: CgroupLayout) -> None:
+    """Make the node's v2 cgroup able to hold job cgroups: enable the controllers in its
+    subtree, first moving the node into a leaf beside them where that is what blocks it."""
+    parent = layout.parents[""]
+    ctl = f"{parent}/cgroup.subtree_control"
+    want = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    try:
+        _write(ctl, want)
+        return
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise CgroupError(f"cannot enable {want} in {parent}: {e}") from e
+    procs = {int(x) for x in _read(f"{parent}/cgroup.procs").split()}
+    if not needs_leaf(procs, os.getpid()):
+        raise CgroupError(
+            f"{parent} holds other processes ({len(procs)}): delegate a cgroup to the node "
+            "(systemd: Delegate=yes) so job cgroups can be made below it"
+        )
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(f"{parent}/{NODE_LEAF}")
+    _write(f"{parent}/{NODE_LEAF}/cgroup.procs", str(os.getpid()))
+    _write(ctl, want)
+
+
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()

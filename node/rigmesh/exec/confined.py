@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from rigmesh.exec import diskfs, proctree, sandbox
+from rigmesh.exec import bpfdev, diskfs, proctree, sandbox
 from rigmesh.exec.cgroups import (
     BASE_DEVICES,
     CgroupError,
@@ -49,6 +49,7 @@ from rigmesh.exec.cgroups import (
     Counters,
     JobCgroup,
     plan_job,
+    prepare_v2,
     read_layout,
     stale_job_dirs,
 )
@@ -160,6 +161,11 @@ def _probe_cgroups() -> tuple[CgroupLayout | None, list[str]]:
     layout, why = read_layout()
     if layout is None:
         return None, why
+    if layout.version is CgroupVersion.V2:
+        try:
+            prepare_v2(layout)
+        except (OSError, CgroupError) as e:
+            return None, [*why, f"cgroup v2: {e}"]
     probe = f"rigmesh-probe-{os.getpid()}"
     plan = plan_job(layout, probe, CgroupLimits(memory_bytes=1 << 30, pids_max=64))
     cg = JobCgroup(plan)
@@ -564,9 +570,7 @@ class ConfinedRunner:
                     c.create()  # removes what it made if it fails
                     cg = c
                     if plan.version is CgroupVersion.V2 and plan.devices is not None:
-                        from rigmesh.exec import bpfdev  # v2 only: its devices "controller"
-
-                        bpfdev.attach(plan.dirs[""], plan.devices)
+                        bpfdev.attach(plan.dirs[""], plan.devices)  # v2's devices "controller"
 
             try:
                 await trio.to_thread.run_sync(prepare)
