@@ -61,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     init = keys_sub.add_parser("init", help="create a peer key and an Ethereum account")
     init.add_argument(
-        "--light-kdf",
-        action="store_true",
+        "--light-kdf", action="store_true",
         help="cheap key derivation, for throwaway test and demo keys only (like geth's)",
     )
     init.set_defaults(func=cmd_keys_init)

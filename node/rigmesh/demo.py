@@ -52,15 +52,8 @@ def say(text: str = "") -> None:
 
 
 def offer_for(
-    keys: NodeKeys,
-    found: ProbeResult,
-    *,
-    chain_id: int,
-    token: bytes,
-    escrow: bytes,
-    price_per_second: int,
-    region: Region,
-    now: int,
+    keys: NodeKeys, found: ProbeResult, *, chain_id: int, token: bytes, escrow: bytes,
+    price_per_second: int, region: Region, now: int,
 ) -> Offer:
     """The listing a provider offers for what its probe found: all its GPUs as one listing, or
     its CPU cores when it has none."""
@@ -68,51 +61,29 @@ def offer_for(
     if isinstance(found.gpu, GpuInventory) and found.gpu.count:
         first = found.gpu.gpus[0]
         gpu = Gpu(
-            model=first.name,
-            vram_mib=first.vram_mib,
-            count=found.gpu.count,
+            model=first.name, vram_mib=first.vram_mib, count=found.gpu.count,
             compute_capability=first.compute_capability or "",
-            driver=found.gpu.driver_version,
-            cuda=found.gpu.cuda_version or "",
+            driver=found.gpu.driver_version, cuda=found.gpu.cuda_version or "",
         )
     return Offer(
-        provider=keys.peer.peer_id,
-        listing=0,
-        payee=keys.account.address,
-        payee_sig=bind_payee(keys.peer.peer_id, keys.account),
-        gpu=gpu,
-        cpu_cores=found.host.cpu_cores,
-        ram_mib=found.host.ram_mib,
-        disk_gib=found.host.disk_free_gib,
-        bandwidth_mbps=1000,
-        region=region,
-        price_per_second=price_per_second,
-        chain_id=chain_id,
-        token=token,
-        escrow=escrow,
-        min_seconds=60,
-        max_seconds=86400,
-        interruptible=gpu is None,
-        heartbeat_seconds=HEARTBEAT,
-        capacity=1,
-        seq=1,
-        issued=now,
-        expires=now + 3600,
+        provider=keys.peer.peer_id, listing=0, payee=keys.account.address,
+        payee_sig=bind_payee(keys.peer.peer_id, keys.account), gpu=gpu,
+        cpu_cores=found.host.cpu_cores, ram_mib=found.host.ram_mib,
+        disk_gib=found.host.disk_free_gib, bandwidth_mbps=1000, region=region,
+        price_per_second=price_per_second, chain_id=chain_id, token=token, escrow=escrow,
+        min_seconds=60, max_seconds=86400, interruptible=gpu is None,
+        heartbeat_seconds=HEARTBEAT, capacity=1, seq=1, issued=now, expires=now + 3600,
     )
 
 
 def show(offers: list[SignedOffer]) -> None:
     for s in offers:
         o = s.offer
-        what = (
-            f"{o.gpu.count} x {o.gpu.model} ({o.gpu.vram_mib} MiB)"
-            if o.gpu
-            else (f"{o.cpu_cores} CPU cores, {o.ram_mib // 1024} GiB RAM (no GPU)")
+        what = f"{o.gpu.count} x {o.gpu.model} ({o.gpu.vram_mib} MiB)" if o.gpu else (
+            f"{o.cpu_cores} CPU cores, {o.ram_mib // 1024} GiB RAM (no GPU)"
         )
-        say(
-            f"    {format_usd_per_hour(o.price_per_second, decimals=USD_DECIMALS):>9}  {what}"
-            f"  {o.region.country}/{o.region.zone}  {peer_id_to_text(o.provider)[:16]}…"
-        )
+        say(f"    {format_usd_per_hour(o.price_per_second, decimals=USD_DECIMALS):>9}  {what}"
+            f"  {o.region.country}/{o.region.zone}  {peer_id_to_text(o.provider)[:16]}…")
 
 
 class Chain:
@@ -125,11 +96,8 @@ class Chain:
         self.chain_id = int(self.w3.eth.chain_id)
         self.funder = eip712.EthKey(self.tester.backend.account_keys[0].to_bytes())
         self.escrow = deploy_escrow(
-            self.w3,
-            self.funder,
-            chain_id=self.chain_id,
-            min_challenge_window=60,
-            max_challenge_window=86400,
+            self.w3, self.funder, chain_id=self.chain_id,
+            min_challenge_window=60, max_challenge_window=86400,
         )
         self.usd = deploy_contract(self.w3, self.funder, self.chain_id, token_artifact())
 
@@ -152,10 +120,8 @@ async def run(workdir: Path) -> None:
     nodes = {}
     for name in ("provider-a", "provider-b", "renter"):
         nodes[name] = KeyStore(workdir / name / "keys").create("demo", cost=FAST)
-        say(
-            f"  {name:10s} peer {peer_id_to_text(nodes[name].peer.peer_id)}"
-            f"  account 0x{nodes[name].account.address.hex()}"
-        )
+        say(f"  {name:10s} peer {peer_id_to_text(nodes[name].peer.peer_id)}"
+            f"  account 0x{nodes[name].account.address.hex()}")
 
     say("\n== chain: embedded py-evm, escrow and a 6-decimal stablecoin deployed")
     chain = await trio.to_thread.run_sync(Chain)
@@ -170,30 +136,18 @@ async def run(workdir: Path) -> None:
         say("              offering its CPU capacity instead")
     recorded = await probe(ReplayNvml.from_file(str(H100_CAPTURE)), smi_exe=None)
     assert isinstance(recorded.gpu, GpuInventory)
-    say(
-        f"  provider-b: replaying a recorded {recorded.gpu.gpus[0].name} "
+    say(f"  provider-b: replaying a recorded {recorded.gpu.gpus[0].name} "
         f"({recorded.gpu.gpus[0].vram_mib} MiB, driver {recorded.gpu.driver_version}, "
-        f"CUDA {recorded.gpu.cuda_version})"
-    )
+        f"CUDA {recorded.gpu.cuda_version})")
     offers = {
         "provider-a": offer_for(
-            nodes["provider-a"],
-            here,
-            chain_id=chain.chain_id,
-            token=chain.usd,
-            escrow=chain.escrow,
-            region=Region("DE", "fra-1"),
-            now=now,
+            nodes["provider-a"], here, chain_id=chain.chain_id, token=chain.usd,
+            escrow=chain.escrow, region=Region("DE", "fra-1"), now=now,
             price_per_second=parse_price("$0.40/h", decimals=USD_DECIMALS),
         ),
         "provider-b": offer_for(
-            nodes["provider-b"],
-            recorded,
-            chain_id=chain.chain_id,
-            token=chain.usd,
-            escrow=chain.escrow,
-            region=Region("NL", "ams-2"),
-            now=now,
+            nodes["provider-b"], recorded, chain_id=chain.chain_id, token=chain.usd,
+            escrow=chain.escrow, region=Region("NL", "ams-2"), now=now,
             price_per_second=parse_price("$2.49/h", decimals=USD_DECIMALS),
         ),
     }
@@ -211,22 +165,12 @@ async def run(workdir: Path) -> None:
         store = OfferStore(db, flush_every=1)
         store.attach(book)
         gossips = {
-            "provider-a": OfferGossip(
-                net_a,
-                OfferBook(chain_id=chain.chain_id),
-                config,
-                clock=clock,
-                signer=nodes["provider-a"].peer,
-                rng=random.Random(1),
-            ),
-            "provider-b": OfferGossip(
-                net_b,
-                OfferBook(chain_id=chain.chain_id),
-                config,
-                clock=clock,
-                signer=nodes["provider-b"].peer,
-                rng=random.Random(2),
-            ),
+            "provider-a": OfferGossip(net_a, OfferBook(chain_id=chain.chain_id), config,
+                                      clock=clock, signer=nodes["provider-a"].peer,
+                                      rng=random.Random(1)),
+            "provider-b": OfferGossip(net_b, OfferBook(chain_id=chain.chain_id), config,
+                                      clock=clock, signer=nodes["provider-b"].peer,
+                                      rng=random.Random(2)),
             "renter": OfferGossip(net_r, book, config, clock=clock, rng=random.Random(3)),
         }
         for g in gossips.values():
@@ -243,24 +187,18 @@ async def run(workdir: Path) -> None:
         if len(book) < 2:  # gossip lost it: the anti-entropy path repairs it
             for peer in net_r.peers():
                 await gossips["renter"].sync_from(peer)
-        say(
-            f"  renter's book: {len(book)} offers "
-            f"({gossips['renter'].counters.get('offer', 0)} by gossip)"
-        )
+        say(f"  renter's book: {len(book)} offers "
+            f"({gossips['renter'].counters.get('offer', 0)} by gossip)")
         store.flush()
 
     say("\n== renter queries its book")
     need = estimate_vram("70b", precision="int4", context=32000)
-    say(
-        f"  a 70B model at int4 with a 32k context needs {need.total_mib} MiB "
+    say(f"  a 70B model at int4 with a 32k context needs {need.total_mib} MiB "
         f"(weights {need.weights_bytes >> 20} + KV cache {need.kv_cache_bytes >> 20} "
-        f"+ overhead {need.overhead_bytes >> 20} MiB)"
-    )
+        f"+ overhead {need.overhead_bytes >> 20} MiB)")
     gpu_query = OfferQuery(
-        gpu_model="h100",
-        min_total_vram_mib=need.total_mib,
-        max_price_per_second=parse_price("$4/h", decimals=USD_DECIMALS),
-        sort=Sort.PRICE,
+        gpu_model="h100", min_total_vram_mib=need.total_mib,
+        max_price_per_second=parse_price("$4/h", decimals=USD_DECIMALS), sort=Sort.PRICE,
         limit=5,
     )
     found = book.query(gpu_query, int(time.time()))
@@ -275,21 +213,14 @@ async def run(workdir: Path) -> None:
     say("\n== rental on the escrow: deposit, open, receipts every heartbeat, claim, settle")
     renter, provider = nodes["renter"].account, nodes["provider-b"].account
     await trio.to_thread.run_sync(
-        lambda: (
-            chain.fund(renter, wei=10**18, usd=100 * 10**USD_DECIMALS),
-            chain.fund(provider, wei=10**18, usd=0),
-        )
+        lambda: (chain.fund(renter, wei=10**18, usd=100 * 10**USD_DECIMALS),
+                 chain.fund(provider, wei=10**18, usd=0))
     )
     rc, pc = chain.client(renter), chain.client(provider)
     deposit = chosen.price_per_second * 3600  # one hour
     terms = eip712.Terms(
-        renter=renter.address,
-        provider=chosen.payee,
-        token=chain.usd,
-        deposit=deposit,
-        price_per_second=chosen.price_per_second,
-        max_seconds=3600,
-        challenge_window=600,
+        renter=renter.address, provider=chosen.payee, token=chain.usd, deposit=deposit,
+        price_per_second=chosen.price_per_second, max_seconds=3600, challenge_window=600,
         receipt_signer=renter.address,
         # Until negotiation lands, the agreement the terms commit to is the chosen offer itself.
         agreement_id=eip712.keccak(found[0].encoded),
@@ -305,34 +236,25 @@ async def run(workdir: Path) -> None:
         rc.open(terms)
 
     await trio.to_thread.run_sync(open_rental)
-    say(
-        f"  renter locked {usd(deposit)} for up to 3600 s at "
+    say(f"  renter locked {usd(deposit)} for up to 3600 s at "
         f"{format_usd_per_hour(chosen.price_per_second, decimals=USD_DECIMALS)}; "
-        f"rental 0x{terms.rental_id.hex()[:16]}…"
-    )
+        f"rental 0x{terms.rental_id.hex()[:16]}…")
     held: eip712.Receipt | None = None
     for beat in range(1, 4):
         await trio.to_thread.run_sync(chain.advance, HEARTBEAT)
         uptime = beat * HEARTBEAT
         receipt = eip712.Receipt(
-            terms.rental_id,
-            beat,
-            uptime,
-            uptime * chosen.price_per_second,
+            terms.rental_id, beat, uptime, uptime * chosen.price_per_second,
             eip712.keccak(b"heartbeat log head %d" % beat),
         )
-        wire = sign_receipt(
-            receipt, chain_id=chain.chain_id, escrow=chain.escrow, signer=renter
-        ).encode()
-        got = decode_receipt(
-            wire, chain_id=chain.chain_id, escrow=chain.escrow, signer=terms.receipt_signer
-        )  # the provider's checks
+        wire = sign_receipt(receipt, chain_id=chain.chain_id, escrow=chain.escrow,
+                            signer=renter).encode()
+        got = decode_receipt(wire, chain_id=chain.chain_id, escrow=chain.escrow,
+                             signer=terms.receipt_signer)  # the provider's checks
         check_supersedes(got.receipt, held)
         held = got.receipt
-        say(
-            f"  heartbeat {beat}: receipt seq {beat}, {uptime} s, {usd(receipt.amount)} "
-            f"({len(wire)} bytes, verified by the provider)"
-        )
+        say(f"  heartbeat {beat}: receipt seq {beat}, {uptime} s, {usd(receipt.amount)} "
+            f"({len(wire)} bytes, verified by the provider)")
         if beat == 2:
             await trio.to_thread.run_sync(lambda r=got: pc.claim(terms, r.receipt, r.sig))
             say(f"  provider claimed {usd(receipt.amount)} mid-rental")
@@ -342,20 +264,16 @@ async def run(workdir: Path) -> None:
     paid = await trio.to_thread.run_sync(pc.balance_of, chain.usd, provider.address)
     refund = await trio.to_thread.run_sync(rc.balance_of, chain.usd, renter.address)
     state = await trio.to_thread.run_sync(rc.rental_state, terms.rental_id)
-    say(
-        f"  settled: provider's free balance {usd(paid)}, renter's refund {usd(refund)}, "
-        f"rental {state.status.name}"
-    )
+    say(f"  settled: provider's free balance {usd(paid)}, renter's refund {usd(refund)}, "
+        f"rental {state.status.name}")
     assert paid == held.amount and paid + refund == deposit, "money rules violated"
     say(f"  paid exactly what the renter signed; paid + refund = deposit ({usd(deposit)})")
 
     say("\n== renter restarts: the book comes back from disk, every offer verified again")
     again = OfferBook(chain_id=chain.chain_id)
     report = OfferStore(db).load(again, int(time.time()))
-    say(
-        f"  {len(again)} offers at once (loaded {report.loaded}, expired {report.expired}, "
-        f"rejected {report.rejected})"
-    )
+    say(f"  {len(again)} offers at once (loaded {report.loaded}, expired {report.expired}, "
+        f"rejected {report.rejected})")
 
 
 def main() -> int:

@@ -57,31 +57,10 @@ _T = TypeVar("_T", bound=tuple[Any, ...])
 
 _OFFER_KEYS = frozenset(
     {
-        "v",
-        "kind",
-        "provider",
-        "listing",
-        "payee",
-        "payee_sig",
-        "gpu",
-        "cpu_cores",
-        "ram_mib",
-        "disk_gib",
-        "bandwidth_mbps",
-        "region",
-        "price",
-        "chain_id",
-        "token",
-        "escrow",
-        "min_seconds",
-        "max_seconds",
-        "interruptible",
-        "heartbeat_seconds",
-        "capacity",
-        "seq",
-        "issued",
-        "expires",
-        "sig",
+        "v", "kind", "provider", "listing", "payee", "payee_sig", "gpu", "cpu_cores", "ram_mib",
+        "disk_gib", "bandwidth_mbps", "region", "price", "chain_id", "token", "escrow",
+        "min_seconds", "max_seconds", "interruptible", "heartbeat_seconds", "capacity", "seq",
+        "issued", "expires", "sig",
     }
 )
 _GPU_KEYS = frozenset({"model", "vram_mib", "count", "compute_capability", "driver", "cuda"})
@@ -100,11 +79,8 @@ class Gpu(NamedTuple):
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "vram_mib": self.vram_mib,
-            "count": self.count,
-            "compute_capability": self.compute_capability,
-            "driver": self.driver,
+            "model": self.model, "vram_mib": self.vram_mib, "count": self.count,
+            "compute_capability": self.compute_capability, "driver": self.driver,
             "cuda": self.cuda,
         }
 
@@ -301,12 +277,8 @@ _UINT_FIELDS = (
 
 #: The fixed-size byte fields of an offer and their sizes.
 _BYTES_SIZE = {
-    "provider": identity.PEER_ID_SIZE,
-    "payee": ADDRESS_SIZE,
-    "payee_sig": ETH_SIG_SIZE,
-    "token": ADDRESS_SIZE,
-    "escrow": ADDRESS_SIZE,
-    "sig": SIG_SIZE,
+    "provider": identity.PEER_ID_SIZE, "payee": ADDRESS_SIZE, "payee_sig": ETH_SIG_SIZE,
+    "token": ADDRESS_SIZE, "escrow": ADDRESS_SIZE, "sig": SIG_SIZE,
 }
 
 
@@ -333,15 +305,8 @@ def parse_offer_strict(m: dict[str, Any]) -> tuple[Offer, bytes]:
     interruptible = fields.boolean(m, "interruptible")
     sig = fields.fixed_bytes(m, "sig", size["sig"])
     offer = Offer(
-        provider=provider,
-        payee=payee,
-        payee_sig=payee_sig,
-        gpu=gpu,
-        region=region,
-        price_per_second=price,
-        token=token,
-        escrow=escrow,
-        interruptible=interruptible,
+        provider=provider, payee=payee, payee_sig=payee_sig, gpu=gpu, region=region,
+        price_per_second=price, token=token, escrow=escrow, interruptible=interruptible,
         **uints,
     )
     _check_rules(offer)
@@ -371,21 +336,14 @@ def _check_rules(offer: Offer) -> None:
 #: The wire keys of an offer's fields in `Offer`'s order (the wire says "price" for
 #: price_per_second), then the envelope's and the signature's.
 _KEYS_IN_OFFER_ORDER = (
-    *("price" if name == "price_per_second" else name for name in Offer._fields),
-    "sig",
-    "v",
+    *("price" if name == "price_per_second" else name for name in Offer._fields), "sig", "v",
     "kind",
 )
 _values_of = operator.itemgetter(*_KEYS_IN_OFFER_ORDER)
 _WIRE_TYPE: dict[str, type] = {
     **{key: int for key, _, _ in _UINT_FIELDS},
     **{key: bytes for key in _BYTES_SIZE},
-    "v": int,
-    "kind": str,
-    "gpu": dict,
-    "region": dict,
-    "price": bytes,
-    "interruptible": bool,
+    "v": int, "kind": str, "gpu": dict, "region": dict, "price": bytes, "interruptible": bool,
 }
 _TYPES_WITH_GPU = tuple(_WIRE_TYPE[key] for key in _KEYS_IN_OFFER_ORDER)
 _TYPES_WITHOUT_GPU = tuple(
@@ -407,54 +365,22 @@ def _accept_offer(m: dict[str, Any]) -> tuple[Offer, bytes] | None:
     if types != _TYPES_WITH_GPU and types != _TYPES_WITHOUT_GPU:
         return None
     (
-        provider,
-        listing,
-        payee,
-        payee_sig,
-        gpu,
-        cpu_cores,
-        ram_mib,
-        disk_gib,
-        bandwidth_mbps,
-        region,
-        price,
-        chain_id,
-        token,
-        escrow,
-        min_seconds,
-        max_seconds,
-        interruptible,
-        heartbeat_seconds,
-        capacity,
-        seq,
-        issued,
-        expires,
-        sig,
-        _,
-        _,
+        provider, listing, payee, payee_sig, gpu, cpu_cores, ram_mib, disk_gib, bandwidth_mbps,
+        region, price, chain_id, token, escrow, min_seconds, max_seconds, interruptible,
+        heartbeat_seconds, capacity, seq, issued, expires, sig, _, _,
     ) = values
     if not (
-        0 <= listing <= MAX_LISTING
-        and 0 <= cpu_cores <= MAX_CPU_CORES
-        and 0 <= ram_mib <= MAX_RAM_MIB
-        and 0 <= disk_gib <= MAX_DISK_GIB
-        and 0 <= bandwidth_mbps <= MAX_BANDWIDTH_MBPS
-        and 1 <= chain_id <= _U64_MAX
+        0 <= listing <= MAX_LISTING and 0 <= cpu_cores <= MAX_CPU_CORES
+        and 0 <= ram_mib <= MAX_RAM_MIB and 0 <= disk_gib <= MAX_DISK_GIB
+        and 0 <= bandwidth_mbps <= MAX_BANDWIDTH_MBPS and 1 <= chain_id <= _U64_MAX
         and 1 <= min_seconds <= max_seconds <= _U64_MAX
-        and 1 <= heartbeat_seconds <= MAX_HEARTBEAT_SECONDS
-        and 0 <= capacity <= MAX_CAPACITY
-        and 0 <= seq <= _U64_MAX
-        and 0 <= issued < expires <= issued + MAX_OFFER_TTL
+        and 1 <= heartbeat_seconds <= MAX_HEARTBEAT_SECONDS and 0 <= capacity <= MAX_CAPACITY
+        and 0 <= seq <= _U64_MAX and 0 <= issued < expires <= issued + MAX_OFFER_TTL
         and expires <= _U64_MAX
-        and len(provider) == _PEER_ID_SIZE
-        and provider.startswith(_PEER_ID_PREFIX)
-        and len(payee) == ADDRESS_SIZE
-        and len(payee_sig) == ETH_SIG_SIZE
-        and len(token) == ADDRESS_SIZE
-        and len(escrow) == ADDRESS_SIZE
-        and len(sig) == SIG_SIZE
-        and 0 < len(price) <= 32
-        and price[0]  # positive, no leading zero byte
+        and len(provider) == _PEER_ID_SIZE and provider.startswith(_PEER_ID_PREFIX)
+        and len(payee) == ADDRESS_SIZE and len(payee_sig) == ETH_SIG_SIZE
+        and len(token) == ADDRESS_SIZE and len(escrow) == ADDRESS_SIZE and len(sig) == SIG_SIZE
+        and 0 < len(price) <= 32 and price[0]  # positive, no leading zero byte
         and (cpu_cores or gpu is not None)
     ):
         return None
@@ -464,27 +390,9 @@ def _accept_offer(m: dict[str, Any]) -> tuple[Offer, bytes] | None:
     offer: Offer = _tuple_new(  # every field was just checked: skip the generated __new__
         Offer,
         (
-            provider,
-            listing,
-            payee,
-            payee_sig,
-            gpu,
-            cpu_cores,
-            ram_mib,
-            disk_gib,
-            bandwidth_mbps,
-            region,
-            int.from_bytes(price, "big"),
-            chain_id,
-            token,
-            escrow,
-            min_seconds,
-            max_seconds,
-            interruptible,
-            heartbeat_seconds,
-            capacity,
-            seq,
-            issued,
+            provider, listing, payee, payee_sig, gpu, cpu_cores, ram_mib, disk_gib,
+            bandwidth_mbps, region, int.from_bytes(price, "big"), chain_id, token, escrow,
+            min_seconds, max_seconds, interruptible, heartbeat_seconds, capacity, seq, issued,
             expires,
         ),
     )
@@ -506,28 +414,18 @@ def _accept_gpu(m: dict[str, Any]) -> Gpu | None:
         return None
     model, vram_mib, count, cc, driver, cuda = gpu
     if not (
-        type(model) is str
-        and type(cc) is str
-        and type(driver) is str
-        and type(cuda) is str
-        and type(vram_mib) is int
-        and type(count) is int
+        type(model) is str and type(cc) is str and type(driver) is str and type(cuda) is str
+        and type(vram_mib) is int and type(count) is int
     ):
         return None
     held = _GPUS.get(gpu)
     if held is not None:
         return held
     if (
-        1 <= vram_mib <= MAX_VRAM_MIB
-        and 1 <= count <= MAX_GPU_COUNT
-        and 1 <= len(model) <= MAX_TEXT
-        and len(cc) <= MAX_CC_LEN
-        and len(driver) <= MAX_DRIVER_LEN
-        and len(cuda) <= MAX_CUDA_LEN
-        and model.isascii()
-        and cc.isascii()
-        and driver.isascii()
-        and cuda.isascii()
+        1 <= vram_mib <= MAX_VRAM_MIB and 1 <= count <= MAX_GPU_COUNT
+        and 1 <= len(model) <= MAX_TEXT and len(cc) <= MAX_CC_LEN
+        and len(driver) <= MAX_DRIVER_LEN and len(cuda) <= MAX_CUDA_LEN
+        and model.isascii() and cc.isascii() and driver.isascii() and cuda.isascii()
     ):
         return _share(_GPUS, _tuple_new(Gpu, gpu))
     return None

@@ -27,17 +27,10 @@ from fractions import Fraction
 from rigmesh.wire.errors import InvalidField
 
 _SECONDS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "m": 60,
-    "min": 60,
-    "minute": 60,
-    "h": 3600,
-    "hr": 3600,
-    "hour": 3600,
-    "d": 86400,
-    "day": 86400,
+    "s": 1, "sec": 1, "second": 1,
+    "m": 60, "min": 60, "minute": 60,
+    "h": 3600, "hr": 3600, "hour": 3600,
+    "d": 86400, "day": 86400,
 }
 _NUMBER = r"(\d{1,30}(?:\.\d{1,30})?)"
 # "$2.50/h", "$ 2.5 per hour"
@@ -86,16 +79,14 @@ def parse_price(text: str, *, decimals: int, usd_per_token: Fraction = Fraction(
     return per_second
 
 
-def per_hour(
-    price_per_second: int, *, decimals: int, usd_per_token: Fraction = Fraction(1)
-) -> Fraction:
+def per_hour(price_per_second: int, *, decimals: int, usd_per_token: Fraction = Fraction(1)
+             ) -> Fraction:
     """Dollars per hour of a per-second base-unit price, exactly."""
     return Fraction(price_per_second * 3600, 10**decimals) * usd_per_token
 
 
-def format_usd_per_hour(
-    price_per_second: int, *, decimals: int, usd_per_token: Fraction = Fraction(1)
-) -> str:
+def format_usd_per_hour(price_per_second: int, *, decimals: int,
+                        usd_per_token: Fraction = Fraction(1)) -> str:
     """``"$2.50/h"``: rounded to the cent, half up (display only; never parsed back)."""
     cents = per_hour(price_per_second, decimals=decimals, usd_per_token=usd_per_token) * 100
     whole = (cents.numerator * 2 + cents.denominator) // (cents.denominator * 2)

@@ -132,13 +132,8 @@ class OfferQuery:
             if not needle or len(needle.encode()) > MAX_TEXT:
                 raise InvalidField(f"gpu_model: 1 to {MAX_TEXT} bytes of non-blank text")
             object.__setattr__(self, "model_needle", needle)
-        for name in (
-            "min_vram_mib",
-            "min_gpus",
-            "min_total_vram_mib",
-            "min_cpu_cores",
-            "min_ram_mib",
-        ):
+        for name in ("min_vram_mib", "min_gpus", "min_total_vram_mib", "min_cpu_cores",
+                     "min_ram_mib"):
             _nonneg(name, getattr(self, name))
         if self.max_price_per_second is not None:
             _nonneg("max_price_per_second", self.max_price_per_second)
@@ -162,9 +157,7 @@ class OfferQuery:
             if type(getattr(self, name)) is not bool:
                 raise InvalidField(f"{name}: expected True or False")
         if self.cpu_only and (
-            self.gpu_model is not None
-            or self.min_vram_mib
-            or self.min_gpus
+            self.gpu_model is not None or self.min_vram_mib or self.min_gpus
             or self.min_total_vram_mib
         ):
             raise InvalidField("cpu_only contradicts a GPU filter")
@@ -197,9 +190,7 @@ class OfferQuery:
             if self.gpu_required and not self.cpu_only:
                 return False
             if (
-                self.model_needle is not None
-                or self.min_vram_mib
-                or self.min_gpus
+                self.model_needle is not None or self.min_vram_mib or self.min_gpus
                 or self.min_total_vram_mib
             ):
                 return False
@@ -233,17 +224,13 @@ class OfferQuery:
 
     def sort_key(self, offer: Offer, reputation: int) -> tuple[int, int, bytes, int]:
         return (
-            primary_key(self.sort, offer, reputation),
-            offer.price_per_second,
-            offer.provider,
+            primary_key(self.sort, offer, reputation), offer.price_per_second, offer.provider,
             offer.listing,
         )
 
 
 def naive_query(
-    offers: Iterable[SignedOffer],
-    q: OfferQuery,
-    now: int,
+    offers: Iterable[SignedOffer], q: OfferQuery, now: int,
     reputation: Reputation | Callable[[bytes], int],
 ) -> list[SignedOffer]:
     """The reference answer: a linear scan with a list comprehension and a sort. The offer book

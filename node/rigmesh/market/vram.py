@@ -102,13 +102,9 @@ NOMINAL: dict[str, str] = {
     "8x7b": "mixtral-8x7b",
     "8x22b": "mixtral-8x22b",
 }
-_ALIASES = {
-    "llama-3.1-8b": "llama-3-8b",
-    "llama-3.1-70b": "llama-3-70b",
-    "llama-3.3-70b": "llama-3-70b",
-    "llama-3-405b": "llama-3.1-405b",
-    "qwen2.5-72b": "qwen2-72b",
-}
+_ALIASES = {"llama-3.1-8b": "llama-3-8b", "llama-3.1-70b": "llama-3-70b",
+            "llama-3.3-70b": "llama-3-70b", "llama-3-405b": "llama-3.1-405b",
+            "qwen2.5-72b": "qwen2-72b"}
 
 _COUNT = re.compile(r"(?:(\d{1,4})x)?(\d{1,7}(?:\.\d{1,6})?)([kmbt])", re.IGNORECASE)
 _SCALE = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}

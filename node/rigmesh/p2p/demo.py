@@ -23,38 +23,13 @@ class DemoProvider:
         self.payee = eip712.EthKey(hashlib.sha256(b"rigmesh-demo-payee" + peer_key.seed).digest())
         self.binding = bind_payee(peer_key.peer_id, self.payee)
 
-    def offer(
-        self,
-        *,
-        chain_id: int,
-        listing: int,
-        seq: int,
-        now: int,
-        ttl: int = 3600,
-        price: int = 555,
-        capacity: int = 1,
-    ) -> Offer:
+    def offer(self, *, chain_id: int, listing: int, seq: int, now: int, ttl: int = 3600,
+              price: int = 555, capacity: int = 1) -> Offer:
         return Offer(
-            provider=self.peer.peer_id,
-            listing=listing,
-            payee=self.payee.address,
-            payee_sig=self.binding,
-            gpu=H100,
-            cpu_cores=16,
-            ram_mib=196608,
-            disk_gib=1000,
-            bandwidth_mbps=10000,
-            region=Region("DE", "fra-1"),
-            price_per_second=price,
-            chain_id=chain_id,
-            token=bytes(20),
-            escrow=DEMO_ESCROW,
-            min_seconds=600,
-            max_seconds=7 * 86400,
-            interruptible=False,
-            heartbeat_seconds=30,
-            capacity=capacity,
-            seq=seq,
-            issued=now,
-            expires=now + ttl,
+            provider=self.peer.peer_id, listing=listing, payee=self.payee.address,
+            payee_sig=self.binding, gpu=H100, cpu_cores=16, ram_mib=196608, disk_gib=1000,
+            bandwidth_mbps=10000, region=Region("DE", "fra-1"), price_per_second=price,
+            chain_id=chain_id, token=bytes(20), escrow=DEMO_ESCROW, min_seconds=600,
+            max_seconds=7 * 86400, interruptible=False, heartbeat_seconds=30,
+            capacity=capacity, seq=seq, issued=now, expires=now + ttl,
         )

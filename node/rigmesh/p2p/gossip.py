@@ -214,13 +214,8 @@ class OfferGossip:
             if self._reject(peer, exc, mono):
                 await self._ban(peer)
             return Verdict.REJECT
-        self._emit(
-            "offer",
-            cid=signed.cid,
-            peer=peer_id_to_text(peer),
-            result=kind.name,
-            seq=signed.offer.seq,
-        )
+        self._emit("offer", cid=signed.cid, peer=peer_id_to_text(peer), result=kind.name,
+                   seq=signed.offer.seq)
         return Verdict.ACCEPT
 
     # --- sync -----------------------------------------------------------------------------
@@ -256,11 +251,8 @@ class OfferGossip:
             for _ in range(self.config.sync_max_pages):
                 req = sync.SyncRequest(self.config.chain_id, after, self.config.sync_page)
                 raw = await self.network.request(
-                    peer,
-                    SYNC_PROTOCOL,
-                    req.encode(),
-                    timeout=self.config.sync_timeout,
-                    max_response=sync.MAX_PAGE_SIZE,
+                    peer, SYNC_PROTOCOL, req.encode(),
+                    timeout=self.config.sync_timeout, max_response=sync.MAX_PAGE_SIZE,
                 )
                 mono = trio.current_time()
                 try:
@@ -294,15 +286,8 @@ class OfferGossip:
             stats.error = f"{exc.code.name}: {exc.detail}"
         except NetworkError as exc:
             stats.error = str(exc)
-        self._emit(
-            "synced",
-            peer=peer_id_to_text(peer),
-            pages=stats.pages,
-            added=stats.added,
-            ignored=stats.ignored,
-            rejected=stats.rejected,
-            error=stats.error,
-        )
+        self._emit("synced", peer=peer_id_to_text(peer), pages=stats.pages, added=stats.added,
+                   ignored=stats.ignored, rejected=stats.rejected, error=stats.error)
         return stats
 
     async def anti_entropy(self) -> None:

@@ -74,9 +74,8 @@ class LinkParams:
 class MemoryHub:
     """The medium: links, the delivery heap and the seeded generator shared by all nodes."""
 
-    def __init__(
-        self, seed: int, default_link: LinkParams | None = None, seen_ttl: float = 120.0
-    ) -> None:
+    def __init__(self, seed: int, default_link: LinkParams | None = None,
+                 seen_ttl: float = 120.0) -> None:
         self.rng = random.Random(seed)
         self.default_link = default_link or LinkParams()
         self.seen_ttl = seen_ttl

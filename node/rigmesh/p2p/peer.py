@@ -58,17 +58,9 @@ class Emitter:
 
 
 class Node:
-    def __init__(
-        self,
-        index: int,
-        net: Libp2pNetwork,
-        key: PeerKey,
-        chain_id: int,
-        gossip_config: dict[str, Any],
-        emit: Emitter,
-        rng: random.Random,
-        target_peers: int,
-    ) -> None:
+    def __init__(self, index: int, net: Libp2pNetwork, key: PeerKey, chain_id: int,
+                 gossip_config: dict[str, Any], emit: Emitter, rng: random.Random,
+                 target_peers: int) -> None:
         self.index = index
         self.net = net
         self.key = key
@@ -76,23 +68,17 @@ class Node:
         self.book = OfferBook(chain_id=chain_id)
         self.provider = DemoProvider(key)
         self.gossip = OfferGossip(
-            net,
-            self.book,
-            GossipConfig(chain_id=chain_id, **gossip_config),
-            clock=lambda: int(time.time()),
-            rng=rng,
-            signer=key,
+            net, self.book, GossipConfig(chain_id=chain_id, **gossip_config),
+            clock=lambda: int(time.time()), rng=rng, signer=key,
             on_event=lambda e: emit(index, e),
         )
-        self.peers = PeerExchange(
-            net, target=target_peers, rng=rng, on_event=lambda e: emit(index, e)
-        )
+        self.peers = PeerExchange(net, target=target_peers, rng=rng,
+                                  on_event=lambda e: emit(index, e))
 
     def forged(self, seq: int, listing: int) -> bytes:
         """A well-formed offer with a zeroed signature (for the spam tests)."""
-        offer = self.provider.offer(
-            chain_id=self.chain_id, listing=listing, seq=seq, now=int(time.time())
-        )
+        offer = self.provider.offer(chain_id=self.chain_id, listing=listing, seq=seq,
+                                    now=int(time.time()))
         m = cbor.decode(offer.sign(self.key).encoded, max_size=4096)
         m["sig"] = bytes(64)
         return cbor.encode(m)
@@ -114,17 +100,12 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
     elif name == "publish":
         t0 = time.time()
         offer = node.provider.offer(
-            chain_id=node.chain_id,
-            listing=int(cmd.get("listing", 0)),
-            seq=int(cmd.get("seq", 1)),
-            now=int(time.time()),
-            price=int(cmd.get("price", 555)),
+            chain_id=node.chain_id, listing=int(cmd.get("listing", 0)),
+            seq=int(cmd.get("seq", 1)), now=int(time.time()), price=int(cmd.get("price", 555)),
         )
         signed = await node.gossip.publish_offer(offer)
-        emit(
-            node.index,
-            {"event": "publish_done", "cid": signed.cid, "tag": cmd.get("tag"), "t0": t0},
-        )
+        emit(node.index, {"event": "publish_done", "cid": signed.cid, "tag": cmd.get("tag"),
+                          "t0": t0})
     elif name == "stream":
         # `count` offers at `rate` a second, cycling over 16 listings with rising seq numbers
         # (the benchmark's sustained-rate steps). Sleeps to absolute deadlines: no drift.
@@ -132,32 +113,17 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
         start = trio.current_time()
         for k in range(count):
             await trio.sleep_until(start + k / rate)
-            offer = node.provider.offer(
-                chain_id=node.chain_id, listing=k % 16, seq=seq0 + k, now=int(time.time())
-            )
+            offer = node.provider.offer(chain_id=node.chain_id, listing=k % 16, seq=seq0 + k,
+                                        now=int(time.time()))
             await node.gossip.publish_offer(offer)
-        emit(
-            node.index,
-            {
-                "event": "stream_done",
-                "count": count,
-                "tag": cmd.get("tag"),
-                "late": round(trio.current_time() - start - (count - 1) / rate, 3),
-            },
-        )
+        emit(node.index, {"event": "stream_done", "count": count, "tag": cmd.get("tag"),
+                          "late": round(trio.current_time() - start - (count - 1) / rate, 3)})
     elif name == "stats":
-        emit(
-            node.index,
-            {
-                "event": "stats",
-                "tag": cmd.get("tag"),
-                "counters": dict(node.gossip.counters),
-                "book": len(node.book),
-                "peers": len(node.net.peers()),
-                "pubsub_peers": len(node.net.pubsub.peers),
-                "mesh": len(node.net.router.mesh.get(node.gossip.topic, ())),
-            },
-        )
+        emit(node.index, {"event": "stats", "tag": cmd.get("tag"),
+                          "counters": dict(node.gossip.counters), "book": len(node.book),
+                          "peers": len(node.net.peers()),
+                          "pubsub_peers": len(node.net.pubsub.peers),
+                          "mesh": len(node.net.router.mesh.get(node.gossip.topic, ()))})
     elif name == "spam":
         for k in range(int(cmd["count"])):
             await node.net.publish(node.gossip.topic, node.forged(1000 + k, k % 16))
@@ -167,12 +133,12 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
         cids = sorted(o.cid for o in node.book)
         emit(node.index, {"event": "book", "size": len(cids), "cids": cids})
     elif name == "peers":
-        emit(
-            node.index, {"event": "peers", "peers": [peer_id_to_text(p) for p in node.net.peers()]}
-        )
+        emit(node.index, {"event": "peers",
+                          "peers": [peer_id_to_text(p) for p in node.net.peers()]})
     elif name == "top_up":
         dialled = await node.peers.top_up()
-        emit(node.index, {"event": "topped_up", "dialled": dialled, "peers": len(node.net.peers())})
+        emit(node.index, {"event": "topped_up", "dialled": dialled,
+                          "peers": len(node.net.peers())})
     else:
         emit(node.index, {"event": "error", "error": f"unknown command {name!r}"})
 
@@ -233,14 +199,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 nursery.start_soon(node.gossip.run)
                 if args.target_peers:
                     nursery.start_soon(node.peers.run)
-                emit(
-                    node.index,
-                    {
-                        "event": "ready",
-                        "peer_id": peer_id_to_text(node.key.peer_id),
-                        "addrs": node.net.addrs(),
-                    },
-                )
+                emit(node.index, {"event": "ready", "peer_id": peer_id_to_text(node.key.peer_id),
+                                  "addrs": node.net.addrs()})
             if args.bootstrap:
                 for node in nodes:
                     nursery.start_soon(_join, node, list(args.bootstrap), emit)
@@ -258,30 +218,18 @@ async def _join(node: Node, bootstrap: list[str], emit: Emitter) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m rigmesh.p2p.peer", description=__doc__)
-    p.add_argument(
-        "--key-file",
-        action="append",
-        default=[],
-        help="hex Ed25519 seed; created if missing (repeat for several nodes)",
-    )
+    p.add_argument("--key-file", action="append", default=[],
+                   help="hex Ed25519 seed; created if missing (repeat for several nodes)")
     p.add_argument("--count", type=int, default=1, help="nodes in this process")
     p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     p.add_argument("--bootstrap", action="append", default=[])
     p.add_argument("--chain-id", type=int, default=31337)
     p.add_argument("--gossip", default="", help="GossipConfig overrides as JSON")
     p.add_argument("--mdns", action="store_true", help="LAN discovery (see spec/p2p.md)")
-    p.add_argument(
-        "--target-peers",
-        type=int,
-        default=8,
-        help="ask peers for more peers while below this many connections (0: never)",
-    )
-    p.add_argument(
-        "--mute",
-        action="append",
-        default=[],
-        help="event kinds not to print (e.g. offer, published)",
-    )
+    p.add_argument("--target-peers", type=int, default=8,
+                   help="ask peers for more peers while below this many connections (0: never)")
+    p.add_argument("--mute", action="append", default=[],
+                   help="event kinds not to print (e.g. offer, published)")
     p.add_argument("--seed", type=int, default=None, help="seed of the peer-choice generator")
     args = p.parse_args(argv)
     trio.run(main_async, args)

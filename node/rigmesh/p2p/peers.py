@@ -182,9 +182,7 @@ class PeerExchange:
         want = MAX_PEERS
         try:
             raw = await self.network.request(
-                peer,
-                PROTOCOL,
-                PeersRequest(tuple(self.network.addrs()), want).encode(),
+                peer, PROTOCOL, PeersRequest(tuple(self.network.addrs()), want).encode(),
                 max_response=MAX_ANSWER_SIZE,
             )
             answer = decode_answer(raw, want)
@@ -194,8 +192,7 @@ class PeerExchange:
         connected = set(self.network.peers())
         me = self.network.peer_id
         fresh = [
-            e
-            for e in answer.peers
+            e for e in answer.peers
             if e.peer != me and e.peer not in connected and not self.network.is_banned(e.peer)
         ]
         room = max(0, self.target - len(connected))
@@ -217,10 +214,6 @@ class PeerExchange:
         async with trio.open_nursery() as nursery:
             for entry in fresh[:room]:
                 nursery.start_soon(dial, entry)
-        self._emit(
-            "peers_learned",
-            peer=identity.peer_id_to_text(peer),
-            offered=len(answer.peers),
-            dialled=len(dialled),
-        )
+        self._emit("peers_learned", peer=identity.peer_id_to_text(peer), offered=len(answer.peers),
+                   dialled=len(dialled))
         return len(dialled)

@@ -87,9 +87,8 @@ class SimNode:
 
 
 class Sim:
-    def __init__(
-        self, seed: int, *, link: LinkParams | None = None, config: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, seed: int, *, link: LinkParams | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.hub = MemoryHub(seed, link)
@@ -106,7 +105,9 @@ class Sim:
         return EPOCH + int(trio.current_time())
 
     def _record(self, index: int, event: dict[str, Any]) -> None:
-        self.log.append(f"{trio.current_time():.6f} {index} {json.dumps(event, sort_keys=True)}")
+        self.log.append(
+            f"{trio.current_time():.6f} {index} {json.dumps(event, sort_keys=True)}"
+        )
 
     async def add_node(self, index: int | None = None) -> SimNode:
         """A new node (or a restarted one: same index, same key, empty book)."""
@@ -117,12 +118,8 @@ class Sim:
         net = self.hub.node(key.peer_id, replace=True)
         book = OfferBook(chain_id=CHAIN_ID)
         gossip = OfferGossip(
-            net,
-            book,
-            GossipConfig(chain_id=CHAIN_ID, **self.config),
-            clock=self.now,
-            rng=random.Random(self.rng.getrandbits(64)),
-            signer=key,
+            net, book, GossipConfig(chain_id=CHAIN_ID, **self.config), clock=self.now,
+            rng=random.Random(self.rng.getrandbits(64)), signer=key,
             on_event=lambda e, i=index: self._record(i, e),
         )
         node = SimNode(index, key, net, book, gossip, DemoProvider(key))
@@ -154,9 +151,8 @@ class Sim:
 
     async def publish(self, index: int, listing: int = 0, seq: int = 1, **kw: Any) -> str:
         node = self.nodes[index]
-        offer = node.provider.offer(
-            chain_id=CHAIN_ID, listing=listing, seq=seq, now=self.now(), **kw
-        )
+        offer = node.provider.offer(chain_id=CHAIN_ID, listing=listing, seq=seq,
+                                    now=self.now(), **kw)
         signed = await node.gossip.publish_offer(offer)
         self._keys[signed.cid] = offer.key
         return signed.cid

@@ -91,3 +91,4 @@ def decode_page(data: bytes, limit: int) -> SyncPage:
         if len(o) > MAX_OFFER_SIZE:
             raise TooLarge(f"offer of {len(o)} bytes")
     return SyncPage(offers=offers, next=_cursor(m, "next"))
+

@@ -22,18 +22,8 @@ KIND = "receipt"
 MAX_RECEIPT_SIZE = 512
 
 _KEYS = frozenset(
-    {
-        "v",
-        "kind",
-        "chain_id",
-        "escrow",
-        "rental_id",
-        "seq",
-        "uptime_seconds",
-        "amount",
-        "evidence",
-        "sig",
-    }
+    {"v", "kind", "chain_id", "escrow", "rental_id", "seq", "uptime_seconds", "amount",
+     "evidence", "sig"}
 )
 
 
@@ -83,7 +73,9 @@ def sign_receipt(
     return SignedReceipt(chain_id, escrow, receipt, signer.sign_digest(unsigned.digest()))
 
 
-def decode_receipt(data: bytes, *, chain_id: int, escrow: bytes, signer: bytes) -> SignedReceipt:
+def decode_receipt(
+    data: bytes, *, chain_id: int, escrow: bytes, signer: bytes
+) -> SignedReceipt:
     """Decode a receipt for the rental whose escrow domain is (chain_id, escrow) and whose
     receipt signer is `signer`. Raises WrongChain for another domain, BadSignature for any other
     signer (or a high-s or malformed signature), and the usual decoding errors."""

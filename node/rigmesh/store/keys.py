@@ -74,23 +74,16 @@ def _write_private(path: Path, doc: dict[str, Any]) -> None:
 def _seal_seed(seed: bytes, password: str, cost: KdfCost) -> dict[str, Any]:
     salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
     key = nacl.pwhash.argon2id.kdf(
-        nacl.secret.SecretBox.KEY_SIZE,
-        password.encode(),
-        salt,
-        opslimit=cost.argon2_ops,
-        memlimit=cost.argon2_mem,
+        nacl.secret.SecretBox.KEY_SIZE, password.encode(), salt,
+        opslimit=cost.argon2_ops, memlimit=cost.argon2_mem,
     )
     box = nacl.secret.SecretBox(key).encrypt(seed)
     return {
         "version": 1,
         "kind": "rigmesh-ed25519-seed",
         "peer_id": identity.peer_id_to_text(identity.PeerKey(seed).peer_id),
-        "kdf": {
-            "name": "argon2id",
-            "opslimit": cost.argon2_ops,
-            "memlimit": cost.argon2_mem,
-            "salt": salt.hex(),
-        },
+        "kdf": {"name": "argon2id", "opslimit": cost.argon2_ops, "memlimit": cost.argon2_mem,
+                "salt": salt.hex()},
         "box": box.hex(),
     }
 
@@ -101,11 +94,8 @@ def _open_seed(doc: dict[str, Any], password: str) -> bytes:
         if doc.get("kind") != "rigmesh-ed25519-seed" or kdf["name"] != "argon2id":
             raise KeyStoreError("peer.json: not a Rigmesh peer key file")
         key = nacl.pwhash.argon2id.kdf(
-            nacl.secret.SecretBox.KEY_SIZE,
-            password.encode(),
-            bytes.fromhex(kdf["salt"]),
-            opslimit=int(kdf["opslimit"]),
-            memlimit=int(kdf["memlimit"]),
+            nacl.secret.SecretBox.KEY_SIZE, password.encode(), bytes.fromhex(kdf["salt"]),
+            opslimit=int(kdf["opslimit"]), memlimit=int(kdf["memlimit"]),
         )
         seed = nacl.secret.SecretBox(key).decrypt(bytes.fromhex(doc["box"]))
     except nacl.exceptions.CryptoError:
@@ -124,9 +114,8 @@ class KeyStore:
     def exists(self) -> bool:
         return (self.directory / PEER_FILE).exists() and (self.directory / ACCOUNT_FILE).exists()
 
-    def create(
-        self, password: str, *, cost: KdfCost = STANDARD, account_secret: bytes | None = None
-    ) -> NodeKeys:
+    def create(self, password: str, *, cost: KdfCost = STANDARD,
+               account_secret: bytes | None = None) -> NodeKeys:
         """New keys (or an imported account secret). Refuses to overwrite existing keys."""
         if (self.directory / PEER_FILE).exists() or (self.directory / ACCOUNT_FILE).exists():
             raise KeyStoreError(f"keys already exist in {self.directory}")

@@ -61,11 +61,11 @@ class LoadReport:
 class OfferStore:
     """Persists an `OfferBook`. Typical use::
 
-    store = OfferStore(path)
-    store.load(book, now)   # re-ingest what survived the restart
-    store.attach(book)      # from now on, persist the book's changes
-    ...
-    store.close()
+        store = OfferStore(path)
+        store.load(book, now)   # re-ingest what survived the restart
+        store.attach(book)      # from now on, persist the book's changes
+        ...
+        store.close()
     """
 
     def __init__(self, path: str | Path, *, flush_every: int = 1000) -> None:
@@ -142,19 +142,12 @@ class OfferStore:
         rows = self._db.execute("SELECT provider, listing, seq, expires, encoded FROM offers")
         for provider, listing, seq, expires, encoded in rows.fetchall():
             if not (
-                type(provider) is bytes
-                and len(provider) == PEER_ID_SIZE
-                and type(listing) is int
-                and type(expires) is int
-                and type(seq) is bytes
-                and type(encoded) is bytes
+                type(provider) is bytes and len(provider) == PEER_ID_SIZE
+                and type(listing) is int and type(expires) is int
+                and type(seq) is bytes and type(encoded) is bytes
             ):
-                log.warning(
-                    "offer store %s: skipping a malformed row (key %r/%r)",
-                    self.path,
-                    provider,
-                    listing,
-                )
+                log.warning("offer store %s: skipping a malformed row (key %r/%r)",
+                            self.path, provider, listing)
                 rejected += 1
                 drop.append((provider, listing))
                 continue
@@ -172,9 +165,8 @@ class OfferStore:
                 superseded += 1  # the book already holds a newer offer of this key
                 continue
             except WireError as exc:
-                log.warning(
-                    "offer store %s: dropping an offer that does not check out: %s", self.path, exc
-                )
+                log.warning("offer store %s: dropping an offer that does not check out: %s",
+                            self.path, exc)
                 rejected += 1
                 drop.append((provider, listing))
                 continue
@@ -182,25 +174,16 @@ class OfferStore:
             o = signed.offer
             if (o.provider, o.listing) != (provider, listing) or o.expires != expires:
                 # Authentic offer, wrong bookkeeping columns: keep the offer, fix the row.
-                log.warning(
-                    "offer store %s: row columns disagree with the offer; rewriting", self.path
-                )
+                log.warning("offer store %s: row columns disagree with the offer; rewriting",
+                            self.path)
                 drop.append((provider, listing))
                 rewrite.append(signed)
         with self._transaction():
             self._db.executemany(_DELETE, drop)
             self._db.executemany(
                 _UPSERT,
-                [
-                    (
-                        s.offer.provider,
-                        s.offer.listing,
-                        s.offer.seq.to_bytes(8, "big"),
-                        s.offer.expires,
-                        s.encoded,
-                    )
-                    for s in rewrite
-                ],
+                [(s.offer.provider, s.offer.listing, s.offer.seq.to_bytes(8, "big"),
+                  s.offer.expires, s.encoded) for s in rewrite],
             )
         return LoadReport(loaded, expired, rejected, superseded)
 
@@ -219,9 +202,7 @@ class OfferStore:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -237,9 +218,7 @@ class _Transaction:
         self._db.execute("BEGIN")
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -134,15 +134,8 @@ class Terms:
     def as_abi_tuple(self) -> tuple[object, ...]:
         """The tuple web3 passes for the contract's `Terms` calldata struct."""
         return (
-            self.renter,
-            self.provider,
-            self.token,
-            self.deposit,
-            self.price_per_second,
-            self.max_seconds,
-            self.challenge_window,
-            self.receipt_signer,
-            self.agreement_id,
+            self.renter, self.provider, self.token, self.deposit, self.price_per_second,
+            self.max_seconds, self.challenge_window, self.receipt_signer, self.agreement_id,
         )
 
 

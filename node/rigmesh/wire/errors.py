@@ -118,20 +118,8 @@ class Unavailable(WireError):
 _BY_CODE: dict[ErrorCode, type[WireError]] = {
     c.code: c
     for c in (
-        TooLarge,
-        Malformed,
-        NotCanonical,
-        UnknownVersion,
-        UnknownKind,
-        BadSignature,
-        Expired,
-        Replayed,
-        WrongChain,
-        NotYetValid,
-        InvalidField,
-        RateLimited,
-        Timeout,
-        UnknownProtocol,
+        TooLarge, Malformed, NotCanonical, UnknownVersion, UnknownKind, BadSignature, Expired,
+        Replayed, WrongChain, NotYetValid, InvalidField, RateLimited, Timeout, UnknownProtocol,
         Unavailable,
     )
 }
