@@ -547,7 +547,9 @@ class ConfinedRunner:
                 # it makes goes into the outer variables at once: the finally below undoes it.
                 nonlocal disk, cg
                 if self.hard_disk and lim.max_disk_bytes is not None:
-                    disk = diskfs.JobDisk.create(image, workdir, lim.max_disk_bytes, uid, gid)
+                    disk = diskfs.JobDisk.create(
+                        image, workdir, lim.max_disk_bytes, uid, gid, self.jobs_dir
+                    )
                 prepare_workdir(workdir, spec)
                 if os.geteuid() == 0:
                     _chown_tree(workdir, uid, gid)
@@ -728,6 +730,20 @@ class ConfinedRunner:
             return
         out.proc.send_signal(signal.SIGKILL)
         await out.proc.wait()
+
+
+def interpreter_paths(python: str) -> tuple[str, ...]:
+    """Read-only paths a job running `python` needs beyond /usr: its prefix and base prefix
+    (a venv and the installation it points at), asked of the interpreter itself."""
+    r = subprocess.run(
+        [python, "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    paths = dict.fromkeys(os.path.realpath(p) for p in r.stdout.split())
+    return tuple(p for p in paths if not (p == "/usr" or p.startswith("/usr/")))
 
 
 def gpu_table(gpus: Mapping[str, int]) -> list[sandbox.NvidiaGpu]:
