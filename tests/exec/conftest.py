@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from exec_fixtures import FAKE_GPUS, FIXTURES, JOB_RO_PATHS
+from exec_fixtures import FAKE_GPUS, FIXTURES, JOB_RO_PATHS, TEST_RID
 
 from rigmesh.exec import ConfinedRunner, Confinement, Isolation, detect_confinement
 from rigmesh.exec.confined import gpu_table
@@ -72,6 +72,7 @@ def fake_dev(confined_base: str) -> str:
 def confined_runner(confinement: Confinement, confined_base: str, fake_dev: str) -> ConfinedRunner:
     return ConfinedRunner(
         confined_base,
+        runner_id=TEST_RID,
         confinement=confinement,
         ro_paths=JOB_RO_PATHS,
         dev_dir=fake_dev,

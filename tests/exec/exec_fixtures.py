@@ -16,3 +16,6 @@ H100_VRAM_MIB = 81559
 JOB_PY = os.path.realpath(sys.executable)
 JOB_RO_PATHS = () if sys.base_prefix.startswith("/usr/") else (sys.base_prefix,)
 FAKE_GPUS = {"GPU-aaaa": 0, "GPU-bbbb": 1}  # uuid -> minor of the fake /dev/nvidia<minor>
+# Job cgroups of this test run are named rigmesh.<TEST_RID>.<hex>: the leftover check after each
+# test looks for exactly these, not for other runs' on a shared machine.
+TEST_RID = f"test{os.getpid()}"

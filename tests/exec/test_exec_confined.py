@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from exec_fixtures import FAKE_GPUS, JOB_PY, JOB_RO_PATHS
+from exec_fixtures import FAKE_GPUS, JOB_PY, JOB_RO_PATHS, TEST_RID
 
 from rigmesh.exec import (
     ConfinedRunner,
@@ -83,7 +83,7 @@ def nothing_left_behind(request) -> Iterator[None]:
         f"{p}/{n}"
         for p in set(conf.cgroups.parents.values())
         for n in os.listdir(p)
-        if n.startswith("rigmesh.")
+        if n.startswith(f"rigmesh.{TEST_RID}.")
     ]
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if line.split()[4].startswith(base)]
@@ -246,6 +246,7 @@ async def test_outbound_policy_keeps_lan_and_node_ports_out_of_reach(
         pytest.skip("slirp4netns not installed (make system-deps installs it)")
     runner = ConfinedRunner(
         confined_base,
+        runner_id=TEST_RID,
         confinement=confinement,
         ro_paths=JOB_RO_PATHS,
         network=NetworkPolicy.OUTBOUND,
@@ -509,6 +510,7 @@ async def test_namespaces_without_cgroups_polls_limits(
 ) -> None:
     runner = ConfinedRunner(
         confined_base,
+        runner_id=TEST_RID,
         confinement=confinement,
         ro_paths=JOB_RO_PATHS,
         use_cgroups=False,
