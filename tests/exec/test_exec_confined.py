@@ -32,6 +32,7 @@ from rigmesh.exec import (
     NetworkPolicy,
     choose_runner,
     detect_confinement,
+    diskfs,
 )
 from rigmesh.exec.cgroups import BASE_DEVICES, CgroupLimits, DeviceRule, JobCgroup, plan_job
 from rigmesh.exec.confined import NOBODY, SANDBOX_PROCS, gpu_table
@@ -544,9 +545,22 @@ async def test_reap_stale_kills_a_crashed_nodes_jobs(
 
     orphan = subprocess.Popen(["sleep", "60"], preexec_fn=join)
     runner = ConfinedRunner(confined_base, confinement=confinement, runner_id=rid)
-    assert runner.reap_stale() == 1
-    assert orphan.wait(timeout=5) == -signal.SIGKILL
-    assert not any(os.path.exists(d) for d in plan.dirs.values())
+    # Its mounted working directory and image, and a live job of another node beside it.
+    dead = os.path.join(runner.jobs_dir, f"rigmesh.{rid}.dead")
+    os.mkdir(dead)
+    disk = diskfs.JobDisk.create(f"{runner.jobs_dir}/.rigmesh.{rid}.dead.img", dead, 8 * MiB,
+                                 NOBODY, NOBODY, runner.jobs_dir)  # fmt: skip
+    other = os.path.join(runner.jobs_dir, f"rigmesh.x{rid}.alive")
+    os.mkdir(other)
+    try:
+        assert runner.reap_stale() == 1
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+        assert not any(os.path.exists(d) for d in plan.dirs.values())
+        assert not os.path.exists(dead) and not os.path.exists(disk.image)
+        assert os.path.isdir(other)  # not this runner's: left alone
+    finally:
+        disk.close()
+        os.rmdir(other)
 
 
 async def test_stop_reaches_processes_that_left_the_tree(confined_runner: ConfinedRunner) -> None:

@@ -486,28 +486,42 @@ class ConfinedRunner:
         return self._gpus
 
     def reap_stale(self) -> int:
-        """Kill and remove job cgroups and filesystems an earlier run of this node left behind
-        (it crashed). Returns how many cgroups were reaped. Call once at start-up."""
+        """Kill and remove what an earlier run of this node left (it crashed): job cgroups, then
+        job filesystems, staged binds, images and working directories. Only this runner_id's:
+        nodes sharing a host leave each other alone. Returns how many cgroups were reaped. Call
+        once at start-up, before the first job."""
+        prefix = f"rigmesh.{self.runner_id}."
         n = 0
         if self.layout is not None:
-            prefix = f"rigmesh.{self.runner_id}."
             names = {os.path.basename(d) for d in stale_job_dirs(self.layout, prefix)}
             for name in names:
                 cg = JobCgroup.existing(self.layout, name)
                 cg.kill_all()
                 cg.remove()
                 n += 1
+        ours = [
+            os.path.join(self.jobs_dir, e)
+            for e in os.listdir(self.jobs_dir)
+            if e.startswith((prefix, f".{prefix}"))
+        ]
         if os.geteuid() == 0:
-            diskfs.unmount_stale(self.jobs_dir)
+            diskfs.unmount_under(ours)
+        for p in ours:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
         return n
 
     @contextlib.asynccontextmanager
     async def start(self, spec: JobSpec) -> AsyncIterator[SupervisedJob]:
         conf, lim = self.conf, spec.limits
         uid, gid = conf.job_uid, conf.job_gid
-        workdir = tempfile.mkdtemp(prefix="rigmesh-job-", dir=self.jobs_dir)
         token = new_token(self.runner_id)
-        name = f"rigmesh.{token}"
+        name = f"rigmesh.{token}"  # the cgroup's name too; the runner_id in it scopes reaping
+        workdir = os.path.join(self.jobs_dir, name)
+        os.mkdir(workdir, 0o700)
         image = os.path.join(self.jobs_dir, f".{name}.img")
         stage = os.path.join(self.jobs_dir, f".{name}.ro")
         staged: list[str] = []

@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 LOOP_CTL_GET_FREE = 0x4C82
@@ -278,13 +279,14 @@ def unmount(path: str) -> bool:
     return _LIBC.umount2(path.encode(), MNT_DETACH) == 0
 
 
-def unmount_stale(under: str) -> int:
-    """Unmount job filesystems left under `under` by a node that died. Returns how many."""
-    n = 0
-    prefix = os.path.realpath(under).rstrip("/") + "/"
+def unmount_under(paths: Sequence[str]) -> int:
+    """Unmount every mount at or below any of `paths` (a crashed node's job filesystems and
+    staged binds), deepest first. Returns how many."""
+    roots = [os.path.realpath(p).rstrip("/") for p in paths]
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         points = [line.split()[4] for line in f]
-    for p in sorted(points, reverse=True):  # deeper mounts first
-        if p.startswith(prefix) and unmount(p):
+    n = 0
+    for p in sorted(points, key=len, reverse=True):
+        if any(p == r or p.startswith(r + "/") for r in roots) and unmount(p):
             n += 1
     return n
