@@ -303,7 +303,7 @@ async def main() -> None:
         "\n  when the root exits by itself, one environment read per process started during the"
         "\n  job (the net for orphans), so it grows with host size and process churn. The"
         "\n  confined runner's is bubblewrap's namespaces and mounts, the cgroup directories and"
-        "\n  writes, and (as root) mkfs and mount of the job's disk image; it needs no /proc net."
+        "\n  writes, and (as root) a copy of a formatted disk image and its mount; no /proc net."
     )
 
     if isinstance(res.gpu, GpuInventory):
