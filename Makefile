@@ -14,12 +14,17 @@ all: test
 setup: $(PY_STAMP) $(NODE_STAMP)
 
 # fastecdsa (pulled in by libp2p) and cbrrr build from source: gcc, libgmp headers. npm runs the
-# contract toolchain. Installed only when missing, so developer machines are left alone.
+# contract toolchain. The confined job runner uses bubblewrap (the sandbox), slirp4netns (its
+# optional outbound network) and mkfs.ext4 (per-job disk); its tests run wherever they are found.
+# Installed only when missing, so developer machines are left alone.
 system-deps:
 	@missing=""; \
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	dpkg -s libgmp-dev >/dev/null 2>&1 || missing="$$missing libgmp-dev"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v slirp4netns >/dev/null || missing="$$missing slirp4netns"; \
+	command -v mkfs.ext4 >/dev/null || missing="$$missing e2fsprogs"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

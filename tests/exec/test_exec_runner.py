@@ -1,30 +1,38 @@
-"""The subprocess runner, with real subprocesses: streaming, limits, kills, hostile inputs."""
+"""The runners, with real processes: streaming, limits, kills, hostile inputs.
+
+Tests that hold for any runner take `any_runner` and run against the subprocess runner and the
+confined runner both; tests of the subprocess runner's own machinery (its /proc tree walk, its
+token net, polled limits) take `runner`. The confined runner's escape and hard-limit tests are in
+test_exec_confined.py.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 
 import pytest
 import trio
+from exec_fixtures import JOB_PY
 
 from rigmesh.exec import proctree
 from rigmesh.exec.outbuf import OutputDropped, OutputLine, Stream
 from rigmesh.exec.paths import InputTooLargeError, UnsafePathError
 from rigmesh.exec.proctree import read_stat
 from rigmesh.exec.runner import (
+    Job,
     JobSpec,
     JobSpecError,
     JobStartError,
     Limits,
+    Runner,
     StopReason,
     SubprocessRunner,
     reap_stale_jobs,
     run_to_completion,
 )
 
-PY = sys.executable
+PY = JOB_PY
 FAST = Limits(wall_clock_s=20, poll_interval_s=0.02, disk_poll_interval_s=0.05)
 
 
@@ -44,6 +52,42 @@ def runner(tmp_path) -> SubprocessRunner:
     return SubprocessRunner(str(tmp_path))
 
 
+@pytest.fixture(params=["subprocess", "confined"])
+def any_runner(request, tmp_path) -> Runner:
+    if request.param == "subprocess":
+        return SubprocessRunner(str(tmp_path))
+    return request.getfixturevalue("confined_runner")
+
+
+def job_leftovers(runner: Runner, tmp_path) -> list[str]:
+    """What a runner left where it makes working directories (the confined runner: its jobs
+    directory, where its formatted disk templates are kept on purpose)."""
+    root = getattr(runner, "jobs_dir", str(tmp_path))
+    return [n for n in os.listdir(root) if not n.startswith(".ext4-")]
+
+
+def pidns_members(namespaces: set[bytes]) -> list[int]:
+    """Live host processes in any of these PID namespaces (a confined job's, seen from outside)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ns = os.readlink(f"/proc/{name}/ns/pid").encode()
+            except OSError:
+                continue
+            if ns in namespaces and alive(int(name)):
+                found.append(int(name))
+    return found
+
+
+def leftovers(runner: Runner, holders: list[tuple[int, bytes]]) -> list[int]:
+    """Which of the job's processes are still alive, as the host sees them. A confined job's
+    pids are its own namespace's, so there: every live process in the job's namespaces."""
+    if isinstance(runner, SubprocessRunner):
+        return [p for p, _ in holders if alive(p)]
+    return pidns_members({ns for _, ns in holders})
+
+
 @pytest.fixture(params=["children-walk", "full-scan"])
 def tree_mode(request, monkeypatch) -> str:
     """Kill tests run twice: walking children files, and the fallback for kernels without them."""
@@ -54,7 +98,7 @@ def tree_mode(request, monkeypatch) -> str:
     return request.param
 
 
-async def test_exit_code_env_inputs_and_outputs(runner: SubprocessRunner) -> None:
+async def test_exit_code_env_inputs_and_outputs(any_runner: Runner) -> None:
     spec = py(
         """
         import os
@@ -69,7 +113,7 @@ async def test_exit_code_env_inputs_and_outputs(runner: SubprocessRunner) -> Non
         inputs={"data/in.txt": b"hello input"},
         gpus=("GPU-aaaa", "GPU-bbbb"),
     )
-    async with runner.start(spec) as job:
+    async with any_runner.start(spec) as job:
         lines = [ev.data async for ev in job.output() if isinstance(ev, OutputLine)]
         res = await job.wait()
         outs = await job.collect_outputs()
@@ -81,15 +125,15 @@ async def test_exit_code_env_inputs_and_outputs(runner: SubprocessRunner) -> Non
     assert not os.path.exists(workdir)  # removed when the scope ended
 
 
-async def test_no_gpus_means_cuda_sees_none(runner: SubprocessRunner) -> None:
+async def test_no_gpus_means_cuda_sees_none(any_runner: Runner) -> None:
     res, events = await run_to_completion(
-        runner, py("import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))")
+        any_runner, py("import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))")
     )
     assert res.ok
     assert [e.data for e in events if isinstance(e, OutputLine)] == [b"''\n"]
 
 
-async def test_output_streams_live_in_order_with_timestamps(runner: SubprocessRunner) -> None:
+async def test_output_streams_live_in_order_with_timestamps(any_runner: Runner) -> None:
     # Lock-step: the job writes a line, then waits for the test to acknowledge it by creating a
     # file. The test can only do that if it read the line while the job was running, and the
     # order across stdout and stderr is then the job's order, whatever the machine's load.
@@ -104,7 +148,7 @@ async def test_output_streams_live_in_order_with_timestamps(runner: SubprocessRu
         time.sleep(30)
         """
     )
-    async with runner.start(spec) as job:
+    async with any_runner.start(spec) as job:
         got: list[OutputLine] = []
         async for ev in job.output():
             assert isinstance(ev, OutputLine)
@@ -125,9 +169,9 @@ async def test_output_streams_live_in_order_with_timestamps(runner: SubprocessRu
     assert res.reason is StopReason.STOPPED and res.exit_code is None
 
 
-async def test_merge_stderr_keeps_exact_order(runner: SubprocessRunner) -> None:
+async def test_merge_stderr_keeps_exact_order(any_runner: Runner) -> None:
     code = "import sys\nfor i in range(50): print(i, file=(sys.stderr if i % 2 else sys.stdout))"
-    res, events = await run_to_completion(runner, py(code, merge_stderr=True))
+    res, events = await run_to_completion(any_runner, py(code, merge_stderr=True))
     assert res.ok
     assert [e.data for e in events if isinstance(e, OutputLine)] == [
         f"{i}\n".encode() for i in range(50)
@@ -138,7 +182,10 @@ FORK_TREE = """
 import os, sys, time
 
 def hold():
-    os.write(1, b"PID %d\\n" % os.getpid())   # one write: atomic on a pipe, lines never mix
+    # One write: atomic on a pipe, lines never mix. The PID namespace lets the test find a
+    # confined job's processes from outside (their pids here are the namespace's own).
+    ns = os.readlink("/proc/self/ns/pid").encode()
+    os.write(1, b"PID %d %s\\n" % (os.getpid(), ns))
     time.sleep(300)
     os._exit(0)
 
@@ -162,63 +209,83 @@ hold()
 FORK_TREE_HOLDERS = 8
 
 
-async def _pids_until(job, n: int) -> list[int]:
-    pids: list[int] = []
+async def _holders_until(job: Job, n: int) -> list[tuple[int, bytes]]:
+    """(pid, PID namespace) of the first n `PID` lines the job prints."""
+    got: list[tuple[int, bytes]] = []
     async for ev in job.output():
         if isinstance(ev, OutputLine) and ev.data.startswith(b"PID "):
-            pids.append(int(ev.data.split()[1]))
-            if len(pids) == n:
-                return pids
-    raise AssertionError(f"job ended after {len(pids)} pids")
+            f = ev.data.split()
+            got.append((int(f[1]), f[2] if len(f) > 2 else b""))
+            if len(got) == n:
+                return got
+    raise AssertionError(f"job ended after {len(got)} pids")
 
 
-async def test_stop_kills_whole_tree_including_setsid_escapees(
-    runner: SubprocessRunner, tree_mode: str
-) -> None:
-    async with runner.start(py(FORK_TREE)) as job:
-        pids = await _pids_until(job, FORK_TREE_HOLDERS)
-        assert all(alive(p) for p in pids)
+async def _pids_until(job: Job, n: int) -> list[int]:
+    return [p for p, _ in await _holders_until(job, n)]
+
+
+@pytest.fixture(params=["subprocess-walk", "subprocess-scan", "confined"])
+def tree_runner(request, monkeypatch, tmp_path) -> Runner:
+    """Kill tests run three ways: the subprocess runner walking children files, the same with
+    the full-scan fallback for kernels without them, and the confined runner (cgroup kill)."""
+    if request.param == "confined":
+        return request.getfixturevalue("confined_runner")
+    if request.param == "subprocess-scan":
+        monkeypatch.setattr(proctree, "HAVE_CHILDREN_FILES", False)
+    elif not proctree.HAVE_CHILDREN_FILES:
+        pytest.skip("kernel has no /proc/<pid>/task/<tid>/children")
+    return SubprocessRunner(str(tmp_path))
+
+
+async def test_stop_kills_whole_tree_including_setsid_escapees(tree_runner: Runner) -> None:
+    async with tree_runner.start(py(FORK_TREE)) as job:
+        holders = await _holders_until(job, FORK_TREE_HOLDERS)
+        assert len(leftovers(tree_runner, holders)) >= FORK_TREE_HOLDERS
         await trio.sleep(0.1)  # a few polls: the tracker has seen the whole tree
         await job.stop()
         res = await job.wait()
     assert res.reason is StopReason.STOPPED
     assert res.survivors == 0
     assert res.killed_processes >= FORK_TREE_HOLDERS
-    assert [p for p in pids if alive(p)] == []
+    assert leftovers(tree_runner, holders) == []
 
 
-async def test_leftovers_killed_after_root_exits(runner: SubprocessRunner) -> None:
+async def test_leftovers_killed_after_root_exits(any_runner: Runner) -> None:
     # The root starts a setsid daemon and exits 0 at once: the job is over, the daemon must go.
     code = """
     import os, time
     if os.fork() == 0:
         os.setsid()
-        os.write(1, b"PID %d\\n" % os.getpid())
+        ns = os.readlink("/proc/self/ns/pid").encode()
+        os.write(1, b"PID %d %s\\n" % (os.getpid(), ns))
         time.sleep(300)
         os._exit(0)
     time.sleep(0.3)
     """
-    async with runner.start(py(code)) as job:
-        (pid,) = await _pids_until(job, 1)
+    async with any_runner.start(py(code)) as job:
+        holders = await _holders_until(job, 1)
         res = await job.wait()
     assert res.reason is StopReason.EXITED and res.exit_code == 0
-    assert res.killed_processes >= 1 and res.survivors == 0
-    assert not alive(pid)
+    assert res.survivors == 0
+    if isinstance(any_runner, SubprocessRunner):
+        assert res.killed_processes >= 1  # confined: the PID namespace's end killed it first
+    assert leftovers(any_runner, holders) == []
 
 
-async def test_leaving_the_scope_kills_the_job(runner: SubprocessRunner) -> None:
+async def test_leaving_the_scope_kills_the_job(any_runner: Runner) -> None:
     with trio.move_on_after(10) as scope:
-        async with runner.start(py(FORK_TREE)) as job:
-            pids = await _pids_until(job, FORK_TREE_HOLDERS)
+        async with any_runner.start(py(FORK_TREE)) as job:
+            holders = await _holders_until(job, FORK_TREE_HOLDERS)
             scope.cancel()  # e.g. the rental ended: the block is left while the job runs
             await trio.sleep(10)
     assert scope.cancelled_caught
-    assert [p for p in pids if alive(p)] == []
+    assert leftovers(any_runner, holders) == []
 
 
-async def test_timeout(runner: SubprocessRunner) -> None:
+async def test_timeout(any_runner: Runner) -> None:
     lim = Limits(wall_clock_s=0.3, poll_interval_s=0.05)
-    res, _ = await run_to_completion(runner, JobSpec(argv=("sleep", "30"), limits=lim))
+    res, _ = await run_to_completion(any_runner, JobSpec(argv=("sleep", "30"), limits=lim))
     assert res.reason is StopReason.TIMEOUT
     assert 250 <= res.wall_ms < 5000
 
@@ -270,16 +337,16 @@ async def test_disk_limit_on_working_directory(runner: SubprocessRunner) -> None
     assert res.peak_disk_bytes > 8 << 20
 
 
-async def test_single_file_limit_is_rlimit_fsize(runner: SubprocessRunner) -> None:
+async def test_single_file_limit_is_rlimit_fsize(any_runner: Runner) -> None:
     lim = Limits(wall_clock_s=20, max_file_bytes=1 << 20)
     spec = JobSpec(argv=("dd", "if=/dev/zero", "of=big", "bs=64k", "count=64"), limits=lim)
-    res, _ = await run_to_completion(runner, spec)
+    res, _ = await run_to_completion(any_runner, spec)
     assert res.reason is StopReason.DISK
     assert res.signal == 25  # SIGXFSZ
 
 
 async def test_huge_output_is_bounded_and_never_blocks_the_child(
-    runner: SubprocessRunner,
+    any_runner: Runner,
 ) -> None:
     lim = Limits(wall_clock_s=20, output_buffer_bytes=64 << 10, max_line_bytes=4 << 10)
     code = """
@@ -289,7 +356,7 @@ async def test_huge_output_is_bounded_and_never_blocks_the_child(
         sys.stdout.buffer.write(line)
     sys.stdout.buffer.write(b"z" * (1 << 20))   # and one 1 MiB line with no newline
     """
-    async with runner.start(py(code, limits=lim)) as job:
+    async with any_runner.start(py(code, limits=lim)) as job:
         res = await job.wait()  # nobody reads while it runs: it must still finish
         events = [ev async for ev in job.output()]
     assert res.reason is StopReason.EXITED and res.exit_code == 0
@@ -305,32 +372,32 @@ async def test_huge_output_is_bounded_and_never_blocks_the_child(
     "path", ["/etc/passwd", "../escape", "a/../../b", "a//b", "./a", "", "a\\..\\b", "a/\x00"]
 )
 async def test_hostile_input_paths_refused_before_start(
-    runner: SubprocessRunner, tmp_path, path: str
+    any_runner: Runner, tmp_path, path: str
 ) -> None:
     with pytest.raises(UnsafePathError):
-        async with runner.start(py("print(1)", inputs={path: b"x"})):
+        async with any_runner.start(py("print(1)", inputs={path: b"x"})):
             raise AssertionError("must not start")
-    assert os.listdir(tmp_path) == []  # working directory removed again
+    assert job_leftovers(any_runner, tmp_path) == []  # everything removed again
 
 
-async def test_input_budget(runner: SubprocessRunner) -> None:
+async def test_input_budget(any_runner: Runner) -> None:
     lim = Limits(max_input_bytes=10)
     with pytest.raises(InputTooLargeError):
-        async with runner.start(py("1", inputs={"a": b"x" * 11}, limits=lim)):
+        async with any_runner.start(py("1", inputs={"a": b"x" * 11}, limits=lim)):
             pass
 
 
-async def test_spec_errors_and_start_errors(runner: SubprocessRunner) -> None:
+async def test_spec_errors_and_start_errors(any_runner: Runner) -> None:
     with pytest.raises(JobSpecError):
         JobSpec(argv=())
     with pytest.raises(JobSpecError):
         JobSpec(argv=("true",), env={"CUDA_VISIBLE_DEVICES": "0,1,2,3"})
     with pytest.raises(JobStartError):
-        async with runner.start(JobSpec(argv=("/nonexistent/binary",))):
+        async with any_runner.start(JobSpec(argv=("/nonexistent/binary",))):
             pass
 
 
-async def test_output_collection_does_not_follow_symlinks(runner: SubprocessRunner) -> None:
+async def test_output_collection_does_not_follow_symlinks(any_runner: Runner) -> None:
     code = """
     import os
     os.symlink("/etc/passwd", "out/passwd")
@@ -338,7 +405,7 @@ async def test_output_collection_does_not_follow_symlinks(runner: SubprocessRunn
     open("out/big", "wb").write(b"b" * 5000)
     open("out/small", "wb").write(b"s" * 10)
     """
-    async with runner.start(py(code)) as job:
+    async with any_runner.start(py(code)) as job:
         assert (await job.wait()).ok
         outs = await job.collect_outputs(max_total_bytes=1000)
     assert outs.files == {"out/small": b"s" * 10}
@@ -364,7 +431,7 @@ def token_holders(token: bytes) -> list[int]:
     return found
 
 
-async def test_runaway_forking_daemons_are_all_killed(runner: SubprocessRunner) -> None:
+async def test_runaway_forking_daemons_are_all_killed(any_runner: Runner) -> None:
     # Every process keeps spawning setsid children and the parents exit: a moving target that
     # outruns the parent chain. Nothing carrying the job's token may survive the stop.
     code = """
@@ -387,7 +454,7 @@ async def test_runaway_forking_daemons_are_all_killed(runner: SubprocessRunner) 
     time.sleep(60)
     """
     lim = Limits(wall_clock_s=20, poll_interval_s=0.02, max_processes=None)
-    async with runner.start(py(code, limits=lim)) as job:
+    async with any_runner.start(py(code, limits=lim)) as job:
         async for ev in job.output():
             token = ev.data.strip()
             break

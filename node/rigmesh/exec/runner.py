@@ -1,8 +1,10 @@
 """The provider's job runner: one job = a command plus input files, run under limits, under trio.
 
-`Runner` and `Job` are the interface the rental shell talks to; `SubprocessRunner` is the one
-implementation here (a plain subprocess, for hosts without a container engine). A container runner
-implements the same two Protocols.
+`Runner` and `Job` are the interface the rental shell talks to. Two implementations: the
+`SubprocessRunner` here (a plain subprocess of the node's user: not a sandbox) and
+`rigmesh.exec.confined.ConfinedRunner` (namespaces through bubblewrap, limits through cgroups).
+Both share one supervision loop (`SupervisedJob`); what differs is the `Containment` that finds,
+measures and kills a job's processes: a /proc tree walk here, a cgroup there.
 
 Lifecycle, in trio's terms: `async with runner.start(spec) as job:` creates the working directory,
 writes the inputs, spawns the job and supervises it in a nursery owned by the context manager.
@@ -48,6 +50,23 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _PRCTL = _LIBC.prctl  # resolved here, in the parent, so the forked child does no symbol lookup
 
 
+class Isolation(enum.Enum):
+    """What separates a job from the provider's host. The values go on the wire in offers.
+
+    NONE: the job runs as the node's own user (`SubprocessRunner`): it can read what the node can,
+    use the network, see every process and GPU. Only for renters the provider trusts.
+    NAMESPACES: own user, mount, PID, IPC, UTS and network namespaces (bubblewrap): a read-only
+    system, only its working directory writable, no network, only its rented GPUs' device nodes.
+    Memory and process limits are polled (the host gave no writable cgroup).
+    NAMESPACES_CGROUP: the same, plus limits the kernel enforces: memory (OOM kill), process count,
+    CPU quota, the devices controller for GPUs, and freeze-and-kill of the whole cgroup.
+    """
+
+    NONE = "none"
+    NAMESPACES = "namespaces"
+    NAMESPACES_CGROUP = "namespaces+cgroup"
+
+
 class StopReason(enum.Enum):
     """Why a job ended. Everything except EXITED and SIGNALED means the runner killed it."""
 
@@ -55,9 +74,9 @@ class StopReason(enum.Enum):
     SIGNALED = "signaled"  # the root died of a signal the runner did not send
     STOPPED = "stopped"  # stop() was called, or the owning scope ended while it ran
     TIMEOUT = "timeout"  # wall-clock limit
-    MEMORY = "memory"  # resident memory of the whole tree over the limit
-    DISK = "disk"  # working directory over its byte budget, or one file over RLIMIT_FSIZE
-    PROCESSES = "processes"  # too many processes in the tree
+    MEMORY = "memory"  # memory of the whole job over the limit (polled, or the kernel's OOM kill)
+    DISK = "disk"  # working directory over its byte budget / full, or one file over RLIMIT_FSIZE
+    PROCESSES = "processes"  # too many processes in the tree, or the kernel refused a fork
 
 
 class JobSpecError(ValueError):
@@ -79,7 +98,10 @@ class Limits:
     # RLIMIT_AS per process: off by default because CUDA reserves far more virtual address space
     # than it touches, and a GPU job would fail at init under any realistic value.
     address_space_bytes: int | None = None
-    max_processes: int | None = 256  # counted by the runner: RLIMIT_NPROC is per uid, not per job
+    # Counted by the runner (RLIMIT_NPROC is per uid, not per job); under a cgroup, pids.max counts
+    # tasks, so threads count too there.
+    max_processes: int | None = 256
+    cpus: float | None = None  # CPU time per wall-clock second, in cores (cgroup CPU quota only)
     max_open_files: int = 4096  # RLIMIT_NOFILE per process
     max_file_bytes: int | None = 4 * GiB  # RLIMIT_FSIZE: one file, anywhere; SIGXFSZ -> DISK
     max_disk_bytes: int | None = 20 * GiB  # allocated bytes under the working dir, polled
@@ -93,6 +115,8 @@ class Limits:
     def __post_init__(self) -> None:
         if self.wall_clock_s <= 0 or self.poll_interval_s <= 0 or self.disk_poll_interval_s <= 0:
             raise JobSpecError("time limits must be positive")
+        if self.cpus is not None and self.cpus <= 0:
+            raise JobSpecError("cpus must be positive")
         if self.output_buffer_bytes < self.max_line_bytes or self.max_line_bytes < 1:
             raise JobSpecError("output_buffer_bytes must hold at least one max_line_bytes line")
 
@@ -133,6 +157,8 @@ class JobResult:
     dropped_bytes: int  # output the consumer never saw (buffer full)
     killed_processes: int  # processes the runner had to SIGKILL at the end (0 for a clean exit)
     survivors: int  # processes of the tree still alive after the kill; should always be 0
+    detail: str = ""  # which limit stopped it and how it was seen, for people and logs
+    cpu_ms: int | None = None  # CPU time of the whole job, where a cgroup counted it
 
     @property
     def ok(self) -> bool:
@@ -157,10 +183,13 @@ class Job(Protocol):
 
 
 class Runner(Protocol):
+    isolation: Isolation  # what this runner's jobs are confined by (offers advertise it)
+
     def start(self, spec: JobSpec) -> AbstractAsyncContextManager[Job]: ...
 
 
-def _make_preexec(limits: Limits) -> Callable[[], None]:
+def rlimits(limits: Limits) -> list[tuple[int, int]]:
+    """The job's per-process rlimits, each clamped to this process's hard limit."""
     rl: list[tuple[int, int]] = [
         (resource.RLIMIT_NOFILE, limits.max_open_files),
         (resource.RLIMIT_CORE, 0),  # a core dump of a big job would eat the disk budget
@@ -175,7 +204,11 @@ def _make_preexec(limits: Limits) -> Callable[[], None]:
     for res, val in rl:
         hard = resource.getrlimit(res)[1]
         clamped.append((res, val if hard == resource.RLIM_INFINITY else min(val, hard)))
-    rl = clamped
+    return clamped
+
+
+def _make_preexec(limits: Limits) -> Callable[[], None]:
+    rl = rlimits(limits)
     setrlimit, prctl = resource.setrlimit, _PRCTL
 
     # Runs in the child between fork and exec: no imports, no locks, no logging. Subreaper: when a
@@ -189,13 +222,9 @@ def _make_preexec(limits: Limits) -> Callable[[], None]:
     return preexec
 
 
-def _job_env(spec: JobSpec, workdir: str, token: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": workdir,
-        "TMPDIR": os.path.join(workdir, "tmp"),  # so scratch files count against the disk budget
-        "LANG": "C.UTF-8",
-    }
+def job_env(spec: JobSpec, *, home: str, tmpdir: str, path: str, token: str) -> dict[str, str]:
+    """The job's whole environment: a minimal base, the renter's additions, the runner's own."""
+    env = {"PATH": path, "HOME": home, "TMPDIR": tmpdir, "LANG": "C.UTF-8"}
     env.update(spec.env)
     # Empty = no device visible to CUDA. PCI order so indices agree with NVML and nvidia-smi.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
@@ -204,14 +233,126 @@ def _job_env(spec: JobSpec, workdir: str, token: str) -> dict[str, str]:
     return env
 
 
-class SubprocessJob:
-    """A running (or finished) job under SubprocessRunner. Use through the `Job` Protocol."""
+# -- containment: how a job's processes are counted, measured and killed -----------------------
 
-    def __init__(self, spec: JobSpec, workdir: str, token: str) -> None:
+
+@dataclass(frozen=True)
+class LimitHit:
+    """A limit that stopped (or is about to stop) a job, and how the runner saw it."""
+
+    reason: StopReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    processes: int
+    memory_bytes: int
+    hit: LimitHit | None = None
+
+
+@dataclass(frozen=True)
+class Final:
+    """What a containment knows once the job is dead: limits the kernel enforced, exact peaks."""
+
+    hit: LimitHit | None = None
+    peak_memory_bytes: int = 0
+    peak_processes: int = 0
+    cpu_ms: int | None = None
+
+
+class Containment(Protocol):
+    """The supervisor calls the blocking methods from a worker thread, one call at a time."""
+
+    def sample(self) -> Sample: ...
+
+    def disk(self) -> tuple[int, LimitHit | None]: ...  # bytes used by the working directory
+
+    async def kernel_event(self) -> LimitHit: ...  # returns when the kernel reports a limit hit
+
+    def kill(self) -> tuple[int, int]: ...  # (processes signalled, survivors)
+
+    def finish(self) -> Final: ...
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:.1f} MiB"
+
+
+class TreeContainment:
+    """The job is the process tree below its root, walked in /proc; limits are polled."""
+
+    def __init__(self, tracker: proctree.TreeTracker, limits: Limits, workdir: str) -> None:
+        self.tracker = tracker
+        self.limits = limits
+        self.workdir = workdir
+
+    def sample(self) -> Sample:
+        lim = self.limits
+        live = self.tracker.poll()
+        rss = sum(st.rss_bytes for st in live)
+        hit = None
+        if lim.memory_bytes is not None and rss > lim.memory_bytes:
+            hit = LimitHit(
+                StopReason.MEMORY,
+                f"resident memory of the tree {_mib(rss)} > limit {_mib(lim.memory_bytes)} "
+                f"(polled every {lim.poll_interval_s:g} s)",
+            )
+        elif lim.max_processes is not None and len(live) > lim.max_processes:
+            hit = LimitHit(
+                StopReason.PROCESSES,
+                f"{len(live)} processes in the tree > limit {lim.max_processes} "
+                f"(polled every {lim.poll_interval_s:g} s)",
+            )
+        return Sample(len(live), rss, hit)
+
+    def disk(self) -> tuple[int, LimitHit | None]:
+        return polled_disk(self.workdir, self.limits)
+
+    async def kernel_event(self) -> LimitHit:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    def kill(self) -> tuple[int, int]:
+        n = proctree.kill_tree(self.tracker)
+        return n, len(self.tracker.poll())
+
+    def finish(self) -> Final:
+        return Final()
+
+
+def polled_disk(workdir: str, lim: Limits) -> tuple[int, LimitHit | None]:
+    """Allocated bytes under the working directory against the budget (a directory walk)."""
+    used = tree_bytes(workdir)
+    if lim.max_disk_bytes is not None and used > lim.max_disk_bytes:
+        return used, LimitHit(
+            StopReason.DISK,
+            f"{_mib(used)} allocated under the working directory > budget "
+            f"{_mib(lim.max_disk_bytes)} (polled every {lim.disk_poll_interval_s:g} s)",
+        )
+    return used, None
+
+
+def wait_status(rc: int) -> tuple[int | None, int | None]:
+    """(exit code, signal) of a root process from subprocess's returncode."""
+    return (None, -rc) if rc < 0 else (rc, None)
+
+
+class SupervisedJob:
+    """A running (or finished) job. Use through the `Job` Protocol."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        workdir: str,
+        token: str,
+        decode_status: Callable[[int], tuple[int | None, int | None]] = wait_status,
+    ) -> None:
         self.job_id = token.rsplit(".", 1)[-1][:16]
         self.workdir = workdir
         self.spec = spec
         self._token = token
+        self._decode_status = decode_status
         self._buf = OutputBuffer(spec.limits.output_buffer_bytes)
         self._wakeup = trio.Event()
         self._stop_requested = trio.Event()
@@ -219,7 +360,7 @@ class SubprocessJob:
         self._result: JobResult | None = None
         self._output_taken = False
         self._live = 0
-        self._start_ns = 0
+        self._start_ns = time.monotonic_ns()
         self._open_pumps = 0
         self._pumps_finished = trio.Event()
 
@@ -241,7 +382,7 @@ class SubprocessJob:
             await self._wakeup.wait()
 
     async def stop(self) -> None:
-        """Kill the whole tree now (no grace period) and wait until it is gone."""
+        """Kill the whole job now (no grace period) and wait until it is gone."""
         self._stop_requested.set()
         await self._done.wait()
 
@@ -255,7 +396,7 @@ class SubprocessJob:
         return self._result
 
     def live_processes(self) -> int:
-        """Processes in the tree at the last poll (for telemetry: is the job alive)."""
+        """Processes in the job at the last poll (for telemetry: is the job alive)."""
         return self._live
 
     async def collect_outputs(
@@ -267,6 +408,27 @@ class SubprocessJob:
         )
 
     # -- supervision ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def supervised(
+        self, proc: trio.Process, containment: Containment
+    ) -> AsyncIterator[SupervisedJob]:
+        """Supervise `proc` for the duration of the block; leaving it kills the job."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._run, proc, containment)
+                try:
+                    yield self
+                finally:
+                    with trio.CancelScope(shield=True):
+                        self._stop_requested.set()
+                        await self._done.wait()
+        except BaseExceptionGroup as eg:
+            # The nursery is our implementation detail: the supervisor never raises, so a
+            # lone exception came from the caller's block. Give it back unwrapped.
+            if len(eg.exceptions) == 1:
+                raise eg.exceptions[0] from None
+            raise
 
     def _now_ns(self) -> int:
         return time.monotonic_ns() - self._start_ns
@@ -291,20 +453,19 @@ class SubprocessJob:
                 self._pumps_finished.set()
 
     async def _run(
-        self, proc: trio.Process, baseline: dict[int, int], task_status: trio.TaskStatus[None]
+        self, proc: trio.Process, containment: Containment, task_status: trio.TaskStatus[None]
     ) -> None:
         # Shielded: outside cancellation must not interrupt the kill-and-account sequence. The
         # supervisor still always ends, because the owner's exit path sets _stop_requested.
         with trio.CancelScope(shield=True):
-            await self._supervise(proc, baseline, task_status)
+            await self._supervise(proc, containment, task_status)
 
     async def _supervise(
-        self, proc: trio.Process, baseline: dict[int, int], task_status: trio.TaskStatus[None]
+        self, proc: trio.Process, containment: Containment, task_status: trio.TaskStatus[None]
     ) -> None:
         lim = self.spec.limits
-        tracker = proctree.TreeTracker(proc.pid, self._token.encode(), baseline)
         peak_rss = peak_procs = peak_disk = 0
-        reason: StopReason | None = None
+        stop: LimitHit | None = None  # the first reason to stop wins
         t0 = time.monotonic()
         task_status.started()
 
@@ -318,65 +479,63 @@ class SubprocessJob:
             with trio.move_on_after(lim.wall_clock_s) as timeout_scope:
                 async with trio.open_nursery() as watch:
 
+                    def stop_with(hit: LimitHit) -> None:
+                        nonlocal stop
+                        if stop is None:
+                            stop = hit
+                        watch.cancel_scope.cancel()
+
                     async def on_exit() -> None:
                         await proc.wait()
                         watch.cancel_scope.cancel()
 
                     async def on_stop() -> None:
-                        nonlocal reason
                         await self._stop_requested.wait()
-                        reason = StopReason.STOPPED
-                        watch.cancel_scope.cancel()
+                        stop_with(LimitHit(StopReason.STOPPED, "stop() or the owning scope ended"))
+
+                    async def on_kernel_event() -> None:
+                        stop_with(await containment.kernel_event())
 
                     async def poll_tree() -> None:
-                        nonlocal reason, peak_rss, peak_procs
+                        nonlocal peak_rss, peak_procs
                         while True:
                             # In a worker thread: a job with hundreds of threads costs a
                             # few ms to walk, which the event loop should not stall for.
-                            live = await trio.to_thread.run_sync(tracker.poll)
-                            self._live = len(live)
-                            rss = sum(st.rss_bytes for st in live)
-                            peak_rss, peak_procs = max(peak_rss, rss), max(peak_procs, len(live))
-                            if lim.memory_bytes is not None and rss > lim.memory_bytes:
-                                reason = StopReason.MEMORY
-                            elif lim.max_processes is not None and len(live) > lim.max_processes:
-                                reason = StopReason.PROCESSES
-                            if reason is not None:
-                                watch.cancel_scope.cancel()
+                            s = await trio.to_thread.run_sync(containment.sample)
+                            self._live = s.processes
+                            peak_rss = max(peak_rss, s.memory_bytes)
+                            peak_procs = max(peak_procs, s.processes)
+                            if s.hit is not None:
+                                stop_with(s.hit)
                                 return
                             await trio.sleep(lim.poll_interval_s)
 
                     async def poll_disk() -> None:
-                        nonlocal reason, peak_disk
+                        nonlocal peak_disk
                         if lim.max_disk_bytes is None:
                             return
                         while True:
-                            used = await trio.to_thread.run_sync(
-                                tree_bytes, self.workdir, abandon_on_cancel=True
+                            used, hit = await trio.to_thread.run_sync(
+                                containment.disk, abandon_on_cancel=True
                             )
                             peak_disk = max(peak_disk, used)
-                            if used > lim.max_disk_bytes:
-                                reason = StopReason.DISK
-                                watch.cancel_scope.cancel()
+                            if hit is not None:
+                                stop_with(hit)
                                 return
                             await trio.sleep(lim.disk_poll_interval_s)
 
                     watch.start_soon(on_exit)
                     watch.start_soon(on_stop)
+                    watch.start_soon(on_kernel_event)
                     watch.start_soon(poll_tree)
                     watch.start_soon(poll_disk)
-            if timeout_scope.cancelled_caught and reason is None:
-                reason = StopReason.TIMEOUT
+            if timeout_scope.cancelled_caught and stop is None:
+                stop = LimitHit(StopReason.TIMEOUT, f"wall-clock limit {lim.wall_clock_s:g} s")
 
             # Kill whatever is left, even after a clean exit: a job is its whole tree, and
             # daemonized leftovers must not outlive the rental. Shielded: this must finish.
             with trio.CancelScope(shield=True):
-
-                def kill_and_recount() -> tuple[int, int]:
-                    n = proctree.kill_tree(tracker)
-                    return n, len(tracker.poll())
-
-                killed, survivors = await trio.to_thread.run_sync(kill_and_recount)
+                killed, survivors = await trio.to_thread.run_sync(containment.kill)
                 await proc.wait()
                 # A process that escaped every net (should not happen) could hold our pipes open
                 # forever; give the pumps a moment to drain, then close the pipes.
@@ -385,38 +544,73 @@ class SubprocessJob:
                 for pipe in (proc.stdout, proc.stderr):
                     if pipe is not None:
                         await pipe.aclose()
+                fin = await trio.to_thread.run_sync(containment.finish)
 
         rc = proc.returncode
-        sig = -rc if rc is not None and rc < 0 else None
-        if reason is None:
-            if sig is None:
-                reason = StopReason.EXITED
+        assert rc is not None
+        code, sig = self._decode_status(rc)
+        if stop is None:
+            if fin.hit is not None and (fin.hit.reason is StopReason.MEMORY or code != 0):
+                stop = fin.hit  # the kernel enforced a limit and the job did not get over it
             elif sig == signal.SIGXFSZ:
-                reason = StopReason.DISK  # RLIMIT_FSIZE: the kernel stopped a file growing
-            else:
-                reason = StopReason.SIGNALED
+                stop = LimitHit(
+                    StopReason.DISK,
+                    f"a file reached RLIMIT_FSIZE ({lim.max_file_bytes} bytes): the kernel "
+                    "refused the write and sent SIGXFSZ",
+                )
+        reason = stop.reason if stop is not None else StopReason.EXITED
+        if stop is None and sig is not None:
+            reason = StopReason.SIGNALED
+        detail = stop.detail if stop is not None else ""
+        if reason is StopReason.SIGNALED:
+            detail = f"the job's root process died of signal {sig}"
         self._live = 0
         self._result = JobResult(
             reason=reason,
-            exit_code=rc if reason is StopReason.EXITED else None,
+            exit_code=code if reason is StopReason.EXITED else None,
             signal=sig,
             wall_ms=int((time.monotonic() - t0) * 1000),
-            peak_rss_bytes=peak_rss,
-            peak_processes=peak_procs,
+            peak_rss_bytes=max(peak_rss, fin.peak_memory_bytes),
+            peak_processes=max(peak_procs, fin.peak_processes),
             peak_disk_bytes=peak_disk,
             stdout_bytes=self._buf.total_bytes[Stream.STDOUT],
             stderr_bytes=self._buf.total_bytes[Stream.STDERR],
             dropped_bytes=self._buf.dropped_bytes,
             killed_processes=killed,
             survivors=survivors,
+            detail=detail,
+            cpu_ms=fin.cpu_ms,
         )
         self._buf.close(self._now_ns())
         self._wakeup.set()
         self._done.set()
 
 
+def validate_runner_id(runner_id: str) -> str:
+    if not all(c.isalnum() or c in "-_" for c in runner_id):
+        raise JobSpecError("runner_id: letters, digits, '-' and '_' only")
+    return runner_id
+
+
+def new_token(runner_id: str) -> str:
+    """A job's token: the runner's id (for reaping after a crash), then 128 random bits."""
+    return f"{runner_id}.{secrets.token_hex(16)}"
+
+
+def prepare_workdir(workdir: str, spec: JobSpec) -> None:
+    """Write the inputs and make tmp/ and out/ (blocking: call from a worker thread)."""
+    lim = spec.limits
+    write_inputs(
+        workdir, spec.inputs, max_files=lim.max_input_files, max_total_bytes=lim.max_input_bytes
+    )
+    for d in ("tmp", "out"):
+        os.makedirs(os.path.join(workdir, d), exist_ok=True)
+
+
 class SubprocessRunner:
     """Runs jobs as plain subprocesses. See README.md in this package for what that isolates."""
+
+    isolation = Isolation.NONE
 
     def __init__(
         self,
@@ -427,28 +621,18 @@ class SubprocessRunner:
     ) -> None:
         """`runner_id`, stable across restarts of one node (e.g. from its PeerId), prefixes each
         job's token so `reap_stale_jobs` after a crash kills this node's leftovers only."""
-        if not all(c.isalnum() or c in "-_" for c in runner_id):
-            raise JobSpecError("runner_id: letters, digits, '-' and '_' only")
         self.base_dir = base_dir
         self.keep_workdirs = keep_workdirs
-        self.runner_id = runner_id
+        self.runner_id = validate_runner_id(runner_id)
 
     @contextlib.asynccontextmanager
-    async def start(self, spec: JobSpec) -> AsyncIterator[SubprocessJob]:
-        lim = spec.limits
+    async def start(self, spec: JobSpec) -> AsyncIterator[SupervisedJob]:
         workdir = tempfile.mkdtemp(prefix="rigmesh-job-", dir=self.base_dir)
 
         def prepare() -> dict[int, int]:
             # One thread hop for all start-up file work: on a loaded host each hop costs a
             # scheduler wake-up, and start-up latency is mostly hops.
-            write_inputs(
-                workdir,
-                spec.inputs,
-                max_files=lim.max_input_files,
-                max_total_bytes=lim.max_input_bytes,
-            )
-            for d in ("tmp", "out"):
-                os.makedirs(os.path.join(workdir, d), exist_ok=True)
+            prepare_workdir(workdir, spec)
             # Processes that exist now cannot be ours: the kill-time token net skips them.
             # Taken per job, not cached per runner: a stale listing would make the net read
             # the environment of every process started since, a lot on a host with churn.
@@ -456,9 +640,13 @@ class SubprocessRunner:
 
         try:
             baseline = await trio.to_thread.run_sync(prepare)
-            token = f"{self.runner_id}.{secrets.token_hex(16)}"
-            job = SubprocessJob(spec, workdir, token)
-            job._start_ns = time.monotonic_ns()
+            token = new_token(self.runner_id)
+            job = SupervisedJob(spec, workdir, token)
+            path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+            # Scratch files in the working directory, so they count against the disk budget.
+            env = job_env(
+                spec, home=workdir, tmpdir=os.path.join(workdir, "tmp"), path=path, token=token
+            )
             try:
                 proc = await trio.lowlevel.open_process(
                     list(spec.argv),
@@ -466,28 +654,16 @@ class SubprocessRunner:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT if spec.merge_stderr else subprocess.PIPE,
                     cwd=workdir,
-                    env=_job_env(spec, workdir, token),
+                    env=env,
                     start_new_session=True,  # own session and process group: killpg reaches it
-                    preexec_fn=_make_preexec(lim),
+                    preexec_fn=_make_preexec(spec.limits),
                     close_fds=True,
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 raise JobStartError(f"cannot start {spec.argv[0]!r}: {e}") from e
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(job._run, proc, baseline)
-                    try:
-                        yield job
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            job._stop_requested.set()
-                            await job._done.wait()
-            except BaseExceptionGroup as eg:
-                # The nursery is our implementation detail: the supervisor never raises, so a
-                # lone exception came from the caller's block. Give it back unwrapped.
-                if len(eg.exceptions) == 1:
-                    raise eg.exceptions[0] from None
-                raise
+            tracker = proctree.TreeTracker(proc.pid, token.encode(), baseline)
+            async with job.supervised(proc, TreeContainment(tracker, spec.limits, workdir)):
+                yield job
         finally:
             if not self.keep_workdirs:
                 with trio.CancelScope(shield=True):
