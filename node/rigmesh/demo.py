@@ -29,7 +29,8 @@ from rigmesh.escrow.client import EscrowClient, deploy_contract, deploy_escrow
 from rigmesh.escrow.contract import token_artifact
 from rigmesh.exec.gpu import GpuInventory, ProbeResult, ReplayNvml, probe
 from rigmesh.market.book import OfferBook
-from rigmesh.market.offer import Gpu, Offer, Region, SignedOffer, bind_payee
+from rigmesh.market.listing import Listing, Market, OfferBuilder
+from rigmesh.market.offer import Offer, Region, SignedOffer
 from rigmesh.market.price import format_usd_per_hour, parse_price
 from rigmesh.market.query import OfferQuery, Sort
 from rigmesh.market.vram import estimate_vram
@@ -56,23 +57,11 @@ def offer_for(
 ) -> Offer:
     """The listing a provider offers for what its probe found: all its GPUs as one listing, or
     its CPU cores when it has none."""
-    gpu = None
-    if isinstance(found.gpu, GpuInventory) and found.gpu.count:
-        first = found.gpu.gpus[0]
-        gpu = Gpu(
-            model=first.name, vram_mib=first.vram_mib, count=found.gpu.count,
-            compute_capability=first.compute_capability or "",
-            driver=found.gpu.driver_version, cuda=found.gpu.cuda_version or "",
-        )
-    return Offer(
-        provider=keys.peer.peer_id, listing=0, payee=keys.account.address,
-        payee_sig=bind_payee(keys.peer.peer_id, keys.account), gpu=gpu,
-        cpu_cores=found.host.cpu_cores, ram_mib=found.host.ram_mib,
-        disk_gib=found.host.disk_free_gib, bandwidth_mbps=1000, region=region,
-        price_per_second=price_per_second, chain_id=chain_id, token=token, escrow=escrow,
-        min_seconds=60, max_seconds=86400, interruptible=gpu is None,
-        heartbeat_seconds=HEARTBEAT, capacity=1, seq=1, issued=now, expires=now + 3600,
-    )
+    hardware = found.hardware()
+    listing = Listing(price_per_second=price_per_second, region=region,
+                      heartbeat_seconds=HEARTBEAT, interruptible=hardware.gpu is None)
+    builder = OfferBuilder(keys.peer, keys.account, hardware, Market(chain_id, escrow, token))
+    return builder.offer(listing, seq=1, now=now)
 
 
 def show(offers: list[SignedOffer]) -> None:

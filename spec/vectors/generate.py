@@ -25,6 +25,7 @@ from typing import Any
 
 import cbor2
 
+from rigmesh.market.listing import Hardware, Listing, Market, OfferBuilder
 from rigmesh.market.offer import Gpu, Offer, Region, bind_payee
 from rigmesh.p2p import framing, peers, sync
 from rigmesh.rental.codes import CloseReason, RejectReason
@@ -86,32 +87,18 @@ other_eth = eip712.EthKey(OTHER_SECRET)
 H100 = Gpu("NVIDIA H100 80GB HBM3", 81559, 1, "9.0", "570.133.20", "12.8")
 
 
+BUILDER = OfferBuilder(
+    provider, payee,
+    Hardware(gpu=H100, cpu_cores=16, ram_mib=196608, disk_gib=1000, bandwidth_mbps=10000),
+    Market(CHAIN_ID, ESCROW, USDC),
+)
+LISTING = Listing(price_per_second=555, region=Region("DE", "fra-1"), min_seconds=600,
+                  max_seconds=7 * 86400, heartbeat_seconds=30, ttl=3600)
+
+
 def base_offer(**changes: Any) -> Offer:
-    offer = Offer(
-        provider=provider.peer_id,
-        listing=0,
-        payee=payee.address,
-        payee_sig=bind_payee(provider.peer_id, payee),
-        gpu=H100,
-        cpu_cores=16,
-        ram_mib=196608,
-        disk_gib=1000,
-        bandwidth_mbps=10000,
-        region=Region("DE", "fra-1"),
-        price_per_second=555,
-        chain_id=CHAIN_ID,
-        token=USDC,
-        escrow=ESCROW,
-        min_seconds=600,
-        max_seconds=7 * 86400,
-        interruptible=False,
-        heartbeat_seconds=30,
-        capacity=1,
-        seq=1,
-        issued=NOW - 60,
-        expires=NOW + 3540,
-    )
-    return offer._replace(**changes)
+    """The provider's offer from the one offer builder, issued a minute before NOW."""
+    return BUILDER.offer(LISTING, seq=1, now=NOW - 60)._replace(**changes)
 
 
 def offer_ctx() -> dict[str, Any]:
@@ -192,6 +179,7 @@ def offers() -> list[dict[str, Any]]:
         ),
         valid_offer("offer-utf8-zone", base_offer(region=Region("CH", "zürich-1"))),
         valid_offer("offer-max-ttl", base_offer(issued=NOW, expires=NOW + 86400)),
+        valid_offer("offer-confined-with-cgroups", base_offer(isolation="namespaces+cgroup")),
     ]
     good = base_offer().sign(provider).encoded
     ctx = offer_ctx()
@@ -283,6 +271,9 @@ def offers() -> list[dict[str, Any]]:
     m = offer_map()
     m["interruptible"] = 0
     v.append(invalid("offer-int-for-bool", resign(m), "Malformed", ctx, False))
+    m = offer_map()
+    m["isolation"] = "vm"
+    v.append(invalid("offer-unknown-isolation", resign(m), "InvalidField", ctx, False))
 
     # The domain (protocol.md 3.1): the receiver's chain and the escrows it trusts.
     for name, change in (

@@ -28,13 +28,15 @@ import time
 
 import nacl.bindings
 
+from rigmesh.escrow.contract import default_escrow_address
 from rigmesh.market.book import OfferBook
-from rigmesh.market.offer import Gpu, Offer, Region, SignedOffer, bind_payee
+from rigmesh.market.listing import Hardware, Listing, Market, OfferBuilder
+from rigmesh.market.offer import Gpu, Region, SignedOffer
 from rigmesh.market.query import OfferQuery, Sort, naive_query
 from rigmesh.market.reputation import Reputation
 from rigmesh.market.vram import estimate_vram
 from rigmesh.wire.eip712 import EthKey
-from rigmesh.wire.identity import PeerKey, peer_id_from_public_key
+from rigmesh.wire.identity import PeerKey
 
 NOW = 1_800_000_000
 CHAIN = 8453
@@ -67,6 +69,8 @@ MODELS = [
 COUNTRIES = [("US", 25), ("DE", 12), ("FR", 6), ("NL", 6), ("GB", 8), ("CA", 6), ("FI", 4),
              ("SE", 4), ("JP", 5), ("SG", 5), ("IN", 4), ("BR", 3)]
 ZONES = ["a", "b", "c"]
+HOST = Hardware(gpu=None, cpu_cores=16, ram_mib=131072, disk_gib=1000)
+MARKET = Market(CHAIN, default_escrow_address(), USDC)  # the escrow books trust by default
 NEEDLES = ["h100", "a100", "4090", "rtx", "l40s", "l4", "h200", "3090", "a10", "nvidia", "t4",
            "b200", "80gb", "v100", "geforce"]
 
@@ -78,10 +82,12 @@ def usd_per_hour_to_units(usd: float, rng: random.Random) -> int:
 
 def build_offers(n: int, rng: random.Random) -> tuple[list[SignedOffer], Reputation]:
     per_provider = 4
-    providers = [peer_id_from_public_key(hashlib.sha256(b"p%d" % i).digest())
-                 for i in range(n // per_provider + 1)]
-    payee = bytes(20)
-    payee_sig = bytes(65)
+    # Every offer through the one offer builder (real keys and payee bindings, unsigned offers).
+    providers = [
+        OfferBuilder(PeerKey(hashlib.sha256(b"p%d" % i).digest()),
+                     EthKey(hashlib.sha256(b"e%d" % i).digest()), HOST, MARKET)
+        for i in range(n // per_provider + 1)
+    ]
     weights = [m[3] for m in MODELS]
     cweights = [c[1] for c in COUNTRIES]
     offers: list[SignedOffer] = []
@@ -100,11 +106,14 @@ def build_offers(n: int, rng: random.Random) -> tuple[list[SignedOffer], Reputat
         token = USDC if rng.random() < 0.9 else ETH
         if token == ETH:
             price *= 300_000_000  # 18 decimals at about $3,300 per ETH
-        offer = Offer(
-            provider, i % per_provider, payee, payee_sig, gpu, 16, 131072, 1000, 1000,
-            Region(country, rng.choice(ZONES)), price, CHAIN, token, bytes(20), 60, 86400,
-            rng.random() < 0.25, 30, 1, 1, NOW - 100, NOW + rng.randrange(600, 86000),
+        listing = Listing(
+            price_per_second=price, region=Region(country, rng.choice(ZONES)),
+            listing=i % per_provider, interruptible=rng.random() < 0.25,
+            ttl=100 + rng.randrange(600, 86000),
         )
+        offer = provider.offer(listing, seq=1, now=NOW - 100, hardware=HOST.but(gpu=gpu))
+        if token != USDC:
+            offer = offer._replace(token=token)
         offers.append(SignedOffer(offer=offer, sig=bytes(64), encoded=b""))
     reputation = Reputation()
     for provider in rng.sample(providers, len(providers) // 10):
@@ -158,19 +167,18 @@ def percentile(xs: list[float], p: float) -> float:
 
 def bench_ingest(count: int) -> tuple[float, float]:
     """Really signed offers: ingest rate (decode + verify + insert) and raw verify rate."""
-    keys = [PeerKey(hashlib.sha256(b"k%d" % i).digest()) for i in range(count // 4 + 1)]
-    payees = [EthKey(hashlib.sha256(b"e%d" % i).digest()) for i in range(len(keys))]
-    bindings = [bind_payee(k.peer_id, e) for k, e in zip(keys, payees, strict=True)]
+    eight = HOST.but(gpu=Gpu("NVIDIA H100 80GB HBM3", 81559, 8, "9.0", "550", "12.4"))
+    builders = [
+        OfferBuilder(PeerKey(hashlib.sha256(b"k%d" % i).digest()),
+                     EthKey(hashlib.sha256(b"e%d" % i).digest()), eight, MARKET)
+        for i in range(count // 4 + 1)
+    ]
     encoded = []
     for i in range(count):
-        k = keys[i // 4]
-        offer = Offer(
-            k.peer_id, i % 4, payees[i // 4].address, bindings[i // 4],
-            Gpu("NVIDIA H100 80GB HBM3", 81559, 8, "9.0", "550", "12.4"), 16, 131072, 1000, 1000,
-            Region("DE", "a"), 5000 + i, CHAIN, USDC, bytes(20), 60, 86400, False, 30, 1, 1,
-            NOW - 100, NOW + 3600,
-        )
-        encoded.append((k.public_key, offer.sign(k)))
+        b = builders[i // 4]
+        listing = Listing(price_per_second=5000 + i, region=Region("DE", "a"), listing=i % 4)
+        offer = b.offer(listing, seq=1, now=NOW - 100)
+        encoded.append((b.peer.public_key, offer.sign(b.peer)))
     book = OfferBook(chain_id=CHAIN)
     # Warm the payee-binding cache as a running node has it (one recovery per provider).
     for _, s in encoded[::4]:

@@ -118,3 +118,10 @@ def test_tree_bytes_counts_allocation(tmp_path) -> None:
         f.seek(1 << 30)  # a 1 GiB hole costs nothing on disk
         f.write(b"1")
     assert 100_000 <= tree_bytes(str(tmp_path)) < 1 << 20
+
+
+def test_runner_isolation_values_are_the_offer_field_values() -> None:
+    from rigmesh.exec import Isolation
+    from rigmesh.market.offer import ISOLATION_LEVELS
+
+    assert tuple(level.value for level in Isolation) == ISOLATION_LEVELS

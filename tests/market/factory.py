@@ -1,4 +1,5 @@
-"""Offer factory for the market tests (the lead's shared tests/factories.py may replace it)."""
+"""Offer factory for the market tests: many providers, any hardware, through the one offer
+builder (rigmesh.market.listing)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import hashlib
 from functools import cache
 
 from rigmesh.escrow.contract import default_escrow_address
-from rigmesh.market.offer import Gpu, Offer, Region, SignedOffer, bind_payee
+from rigmesh.market.listing import Hardware, Listing, Market, OfferBuilder
+from rigmesh.market.offer import Gpu, Offer, Region, SignedOffer
 from rigmesh.wire.eip712 import EthKey
 from rigmesh.wire.identity import PeerKey
 
@@ -32,8 +34,10 @@ def payee(n: int) -> EthKey:
 
 
 @cache
-def binding(n: int) -> bytes:
-    return bind_payee(peer(n).peer_id, payee(n))
+def builder(n: int, chain_id: int, token: bytes) -> OfferBuilder:
+    """Provider `n`'s builder (its payee binding is signed once)."""
+    return OfferBuilder(peer(n), payee(n), Hardware(None, 16, 65536, 500),
+                        Market(chain_id, ESCROW, token))
 
 
 def make_offer(
@@ -54,31 +58,17 @@ def make_offer(
     token: bytes = USDC,
     cpu_cores: int = 16,
     ram_mib: int = 65536,
+    isolation: str = "none",
 ) -> Offer:
-    return Offer(
-        provider=peer(n).peer_id,
-        listing=listing,
-        payee=payee(n).address,
-        payee_sig=binding(n),
+    hardware = Hardware(
         gpu=None if gpu is None else Gpu(gpu[0], gpu[1], count, "9.0", "550.54.15", "12.4"),
-        cpu_cores=cpu_cores,
-        ram_mib=ram_mib,
-        disk_gib=500,
-        bandwidth_mbps=1000,
-        region=Region(country, zone),
-        price_per_second=price,
-        chain_id=chain_id,
-        token=token,
-        escrow=ESCROW,
-        min_seconds=60,
-        max_seconds=86400,
-        interruptible=interruptible,
-        heartbeat_seconds=30,
-        capacity=capacity,
-        seq=seq,
-        issued=issued,
-        expires=expires,
+        cpu_cores=cpu_cores, ram_mib=ram_mib, disk_gib=500,
     )
+    listing_ = Listing(
+        price_per_second=price, region=Region(country, zone), listing=listing,
+        interruptible=interruptible, capacity=capacity, ttl=expires - issued, isolation=isolation,
+    )
+    return builder(n, chain_id, token).offer(listing_, seq=seq, now=issued, hardware=hardware)
 
 
 def signed(n: int = 0, listing: int = 0, **kw: object) -> SignedOffer:

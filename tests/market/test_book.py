@@ -184,8 +184,10 @@ def test_paging_is_ordered_and_complete(book: OfferBook) -> None:
 def test_query_filters_and_sorts(book: OfferBook) -> None:
     offers = [
         make_offer(1, gpu=H100, count=8, price=6400, country="DE"),
-        make_offer(2, gpu=H100, count=1, price=900, country="US", interruptible=True),
-        make_offer(3, gpu=A100, count=2, price=1000, country="DE", zone="ber-1"),
+        make_offer(2, gpu=H100, count=1, price=900, country="US", interruptible=True,
+                   isolation="namespaces"),
+        make_offer(3, gpu=A100, count=2, price=1000, country="DE", zone="ber-1",
+                   isolation="namespaces+cgroup"),
         make_offer(4, gpu=RTX4090, count=1, price=150, country="FR"),
         make_offer(5, gpu=L4, count=4, price=700, country="DE"),
         make_offer(6, gpu=None, price=50, country="DE"),
@@ -214,6 +216,11 @@ def test_query_filters_and_sorts(book: OfferBook) -> None:
     assert providers(OfferQuery(interruptible=True)) == [2]
     assert providers(OfferQuery(interruptible=False, limit=2)) == [4, 5]
     assert providers(OfferQuery(token=bytes(20))) == []
+    assert providers(OfferQuery(min_isolation="none")) == [4, 5, 2, 3, 1]
+    assert providers(OfferQuery(min_isolation="namespaces")) == [2, 3]
+    assert providers(OfferQuery(min_isolation="namespaces+cgroup")) == [3]
+    with pytest.raises(InvalidField, match="min_isolation: one of"):
+        OfferQuery(min_isolation="vm")
     # Price per GiB: 8 H100 at 6400/s are cheaper per GiB than one at 900/s.
     assert providers(OfferQuery(sort=Sort.PRICE_PER_VRAM_GIB))[:2] == [4, 5]
     assert providers(OfferQuery(sort="price_per_vram_gib", gpu_model="h100")) == [1, 2]

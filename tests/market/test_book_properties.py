@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rigmesh.market.book import Ingest, OfferBook
-from rigmesh.market.offer import MAX_CLOCK_SKEW, MAX_OFFER_TTL, Offer
+from rigmesh.market.offer import ISOLATION_LEVELS, MAX_CLOCK_SKEW, MAX_OFFER_TTL, Offer
 from rigmesh.market.query import OfferQuery, Sort, naive_query
 from rigmesh.market.reputation import Reputation
 from rigmesh.wire.errors import Expired, NotYetValid, RateLimited, Replayed, WireError
@@ -48,6 +48,7 @@ def offers(draw: st.DrawFn, provider: int | None = None) -> Offer:
         expires=NOW + draw(st.integers(1, 4000)),
         token=draw(st.sampled_from((USDC, USDC, bytes(20)))),
         cpu_cores=draw(st.sampled_from((4, 16, 64))),
+        isolation=draw(st.sampled_from(ISOLATION_LEVELS)),
     )
 
 
@@ -71,6 +72,7 @@ def queries(draw: st.DrawFn) -> OfferQuery:
     kw["interruptible"] = draw(st.none() | st.booleans())
     kw["min_cpu_cores"] = draw(st.sampled_from((0, 0, 16)))
     kw["token"] = draw(st.none() | st.sampled_from((USDC, bytes(20))))
+    kw["min_isolation"] = draw(st.none() | st.sampled_from(ISOLATION_LEVELS))
     kw["sort"] = draw(st.sampled_from(list(Sort)))
     kw["limit"] = draw(st.none() | st.integers(1, 12))
     return OfferQuery(**kw)

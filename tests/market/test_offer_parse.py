@@ -97,6 +97,11 @@ def _changes() -> list[tuple[tuple[str, ...], object]]:
         for v in [b"", b"\x00", b"\x00\x01", b"\x01", b"\xff" * 32, b"\x01" * 33, *TYPE_PROBES]
     ]
     out += [(("interruptible",), v) for v in [*TYPE_PROBES, _DELETE]]
+    out += [
+        (("isolation",), v)
+        for v in ["none", "namespaces", "namespaces+cgroup", "vm", "", "n" * 33, "é",
+                  *TYPE_PROBES, _DELETE]
+    ]
     out += [(("gpu",), v) for v in [None, {}, "H100", _DELETE]]
     out += [(("region",), v) for v in [None, {}, "US", _DELETE]]
     out += [(("extra",), 1), (("v",), _DELETE), (("kind",), _DELETE)]
@@ -185,6 +190,8 @@ def test_combined_changes_get_the_same_verdict(
         ({"expires": ISSUED + 86401}, r"expires must be within \(issued, issued \+ 86400\]"),
         ({"cpu_cores": 0, "gpu": None}, "at least a GPU or a CPU core"),
         ({"price": b""}, "price: must be positive"),
+        ({"isolation": "vm"}, "isolation: 'vm' is not one of"),
+        ({"isolation": "NONE"}, "isolation: 'NONE' is not one of"),
     ],
 )
 def test_each_cross_field_rule_refuses_with_its_own_detail(
@@ -204,6 +211,9 @@ def test_each_cross_field_rule_refuses_with_its_own_detail(
         {"expires": ISSUED + 1},
         {"expires": ISSUED + 86400},  # 24 h exactly
         {"cpu_cores": 0},  # a GPU alone is enough
+        {"isolation": "none"},
+        {"isolation": "namespaces"},
+        {"isolation": "namespaces+cgroup"},
     ],
 )
 def test_each_rule_edge_is_accepted(edge: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Run `python -m rigmesh.p2p.peer` processes and read their JSON-line events (tests, bench)."""
+"""Run `python -m tests.p2p.peer` processes and read their JSON-line events (tests, bench)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 Event = dict[str, Any]
+#: The repository root: `tests.p2p.peer` is imported from there.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class PeerProc:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = [sys.executable, "-m", "rigmesh.p2p.peer", *args]
+        self.args = [sys.executable, "-m", "tests.p2p.peer", *args]
         # stderr goes to a file (libp2p logs a lot; a pipe nobody reads would fill and block)
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
             self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-            env={**os.environ, **(env or {})}, text=True, bufsize=1,
+            env={**os.environ, **(env or {})}, text=True, bufsize=1, cwd=ROOT,
         )
         self.events: list[Event] = []
         self._new: queue.Queue[Event] = queue.Queue()

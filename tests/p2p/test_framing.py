@@ -7,7 +7,6 @@ import trio
 
 from rigmesh.market.book import OfferBook
 from rigmesh.p2p import framing, sync
-from rigmesh.p2p.demo import DemoProvider
 from rigmesh.p2p.gossip import GossipConfig, OfferGossip
 from rigmesh.p2p.host import open_libp2p_network
 from rigmesh.p2p.network import SYNC_PROTOCOL
@@ -25,6 +24,7 @@ from rigmesh.wire.errors import (
     WrongChain,
 )
 from rigmesh.wire.identity import PeerKey
+from tests.factories import Provider
 
 CHAIN = 31337
 NOW = 1_767_225_600
@@ -155,10 +155,10 @@ async def test_garbage_on_a_libp2p_stream_gets_a_typed_error_and_service_continu
         book = OfferBook(chain_id=CHAIN)
         gossip = OfferGossip(server, book, GossipConfig(chain_id=CHAIN), clock=lambda: NOW)
         await gossip.start()
-        provider = DemoProvider(keys[0])
+        provider = Provider(keys[0])
         for listing in range(3):
-            await gossip.publish(provider.offer(chain_id=CHAIN, listing=listing, seq=1,
-                                                now=NOW).sign(keys[0]).encoded)
+            await gossip.publish(provider.at(chain_id=CHAIN, listing=listing, seq=1,
+                                             now=NOW).sign(keys[0]).encoded)
         await client.connect(server.addrs()[0])
         with pytest.raises(Malformed):
             await client.request(server.peer_id, SYNC_PROTOCOL, b"\xff\x00garbage")

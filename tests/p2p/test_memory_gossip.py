@@ -9,7 +9,15 @@ import pytest
 import trio
 
 from rigmesh.p2p.memory import LinkParams
-from rigmesh.p2p.scenario import CHAIN_ID, Sim, diameter, open_sim, random_graph, run_sim
+from rigmesh.p2p.scenario import (
+    CHAIN_ID,
+    SIM_LISTING,
+    Sim,
+    diameter,
+    open_sim,
+    random_graph,
+    run_sim,
+)
 from rigmesh.wire import cbor
 
 
@@ -70,7 +78,7 @@ def test_spammer_is_banned_and_honest_offers_still_arrive() -> None:
         spammer = sim.nodes[5]
         cids = []
         for k in range(40):
-            good = spammer.provider.offer(chain_id=CHAIN_ID, listing=k % 16, seq=k + 1,
+            good = spammer.provider.offer(SIM_LISTING.but(listing=k % 16), seq=k + 1,
                                           now=sim.now())
             # raw publish: the spammer's network does not validate, receivers must
             bad = forged(good.sign(spammer.key).encoded)

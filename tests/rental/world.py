@@ -18,7 +18,8 @@ from typing import Any
 
 from rigmesh.escrow.errors import EscrowError
 from rigmesh.escrow.model import EscrowModel, Status
-from rigmesh.market.offer import Gpu, Offer, Region, bind_payee
+from rigmesh.market.listing import Hardware, Listing, Market, OfferBuilder
+from rigmesh.market.offer import Gpu, Region
 from rigmesh.rental import messages as msg
 from rigmesh.rental.actions import (
     Action,
@@ -122,14 +123,12 @@ class World:
         self.payer = eip712.EthKey(hashlib.sha256(b"payer").digest())
         self.chain = EscrowModel(CHAIN_ID, ESCROW, 60, 86_400,
                                  check_signatures=s.crypto.signed)
-        self.offer = Offer(
-            provider=self.provider_key.peer_id, listing=0, payee=self.payee.address,
-            payee_sig=bind_payee(self.provider_key.peer_id, self.payee), gpu=H100, cpu_cores=16,
-            ram_mib=65536, disk_gib=500, bandwidth_mbps=1000, region=Region("DE", "fra-1"),
-            price_per_second=s.price, chain_id=CHAIN_ID, token=TOKEN, escrow=ESCROW,
-            min_seconds=60, max_seconds=86_400, interruptible=False,
-            heartbeat_seconds=s.interval, capacity=1, seq=1, issued=T0, expires=T0 + 86_000,
-        ).sign(self.provider_key)
+        builder = OfferBuilder(self.provider_key, self.payee,
+                               Hardware(H100, cpu_cores=16, ram_mib=65536, disk_gib=500),
+                               Market(CHAIN_ID, ESCROW, TOKEN))
+        listing = Listing(price_per_second=s.price, region=Region("DE", "fra-1"),
+                          heartbeat_seconds=s.interval, ttl=86_000)
+        self.offer = builder.offer(listing, seq=1, now=T0).sign(self.provider_key)
         timers = Timers(grace_seconds=s.grace, challenge_window=s.challenge_window)
         self.pctx = ProviderContext(
             self.provider_key, s.crypto, CHAIN_ID, ESCROW,

@@ -24,6 +24,9 @@ from typing import Any, Protocol
 
 import trio
 
+from rigmesh.market.listing import Hardware
+from rigmesh.market.offer import Gpu
+
 MiB = 1 << 20
 #: A real NVML capture of an H100 (package data; `ReplayNvml.recorded_h100`).
 RECORDED_H100 = Path(__file__).parent / "recordings" / "nvml-h100.json"
@@ -303,6 +306,21 @@ class ProbeResult:
     def capacity_kind(self) -> str:
         """What the node can offer: "gpu", or "cpu" when it has no usable GPU."""
         return "gpu" if isinstance(self.gpu, GpuInventory) and self.gpu.count else "cpu"
+
+    def hardware(self, *, bandwidth_mbps: int = 1000) -> Hardware:
+        """What an offer says of this host: all its GPUs as one group (the first GPU's model and
+        VRAM; hosts mix models rarely, and a mixed host should list them separately), or none,
+        and the host's cores, RAM and free disk."""
+        gpu = None
+        if isinstance(self.gpu, GpuInventory) and self.gpu.count:
+            first = self.gpu.gpus[0]
+            gpu = Gpu(
+                model=first.name, vram_mib=first.vram_mib, count=self.gpu.count,
+                compute_capability=first.compute_capability or "",
+                driver=self.gpu.driver_version, cuda=self.gpu.cuda_version or "",
+            )
+        return Hardware(gpu=gpu, cpu_cores=self.host.cpu_cores, ram_mib=self.host.ram_mib,
+                        disk_gib=self.host.disk_free_gib, bandwidth_mbps=bandwidth_mbps)
 
 
 def cuda_version_str(v: int) -> str:

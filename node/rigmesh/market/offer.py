@@ -44,6 +44,13 @@ MAX_HEARTBEAT_SECONDS = 3600
 #: Ed25519 signature.
 ADDRESS_SIZE, ETH_SIG_SIZE, SIG_SIZE = 20, 65, 64
 
+#: What a provider's job runner confines a renter's job with, weakest first (the ``isolation``
+#: field; rigmesh.exec.Isolation gives the same values): no confinement (the node's own user);
+#: its own namespaces (mount, PID, network, user, IPC, UTS) with limits polled; namespaces with
+#: kernel-enforced cgroup limits.
+ISOLATION_LEVELS = ("none", "namespaces", "namespaces+cgroup")
+MAX_ISOLATION_LEN = 32
+
 #: Every valid country field: two upper-case ASCII letters.
 _COUNTRIES = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
 #: Limits of a GPU group's fields (`Gpu.from_wire` and `_accept_gpu` both read them here).
@@ -60,7 +67,7 @@ _OFFER_KEYS = frozenset(
         "v", "kind", "provider", "listing", "payee", "payee_sig", "gpu", "cpu_cores", "ram_mib",
         "disk_gib", "bandwidth_mbps", "region", "price", "chain_id", "token", "escrow",
         "min_seconds", "max_seconds", "interruptible", "heartbeat_seconds", "capacity", "seq",
-        "issued", "expires", "sig",
+        "issued", "expires", "isolation", "sig",
     }
 )
 _GPU_KEYS = frozenset({"model", "vram_mib", "count", "compute_capability", "driver", "cuda"})
@@ -163,6 +170,8 @@ class Offer(NamedTuple):
     seq: int
     issued: int
     expires: int
+    #: How the provider confines renters' jobs (`ISOLATION_LEVELS`).
+    isolation: str = "none"
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -199,6 +208,7 @@ class Offer(NamedTuple):
             "seq": self.seq,
             "issued": self.issued,
             "expires": self.expires,
+            "isolation": self.isolation,
         }
 
     def sign(self, key: identity.PeerKey) -> SignedOffer:
@@ -303,11 +313,12 @@ def parse_offer_strict(m: dict[str, Any]) -> tuple[Offer, bytes]:
     price = fields.amount(m, "price")
     token, escrow = (fields.fixed_bytes(m, key, size[key]) for key in ("token", "escrow"))
     interruptible = fields.boolean(m, "interruptible")
+    isolation = fields.text(m, "isolation", min_len=1, max_len=MAX_ISOLATION_LEN)
     sig = fields.fixed_bytes(m, "sig", size["sig"])
     offer = Offer(
         provider=provider, payee=payee, payee_sig=payee_sig, gpu=gpu, region=region,
         price_per_second=price, token=token, escrow=escrow, interruptible=interruptible,
-        **uints,
+        isolation=isolation, **uints,
     )
     _check_rules(offer)
     return offer, sig
@@ -324,6 +335,8 @@ def _check_rules(offer: Offer) -> None:
         raise InvalidField(f"expires must be within (issued, issued + {MAX_OFFER_TTL}]")
     if offer.cpu_cores == 0 and offer.gpu is None:
         raise InvalidField("an offer rents out at least a GPU or a CPU core")
+    if offer.isolation not in ISOLATION_LEVELS:
+        raise InvalidField(f"isolation: {offer.isolation!r} is not one of {ISOLATION_LEVELS}")
 
 
 # -- The fast accept -----------------------------------------------------------------------------
@@ -344,12 +357,15 @@ _WIRE_TYPE: dict[str, type] = {
     **{key: int for key, _, _ in _UINT_FIELDS},
     **{key: bytes for key in _BYTES_SIZE},
     "v": int, "kind": str, "gpu": dict, "region": dict, "price": bytes, "interruptible": bool,
+    "isolation": str,
 }
 _TYPES_WITH_GPU = tuple(_WIRE_TYPE[key] for key in _KEYS_IN_OFFER_ORDER)
 _TYPES_WITHOUT_GPU = tuple(
     type(None) if key == "gpu" else _WIRE_TYPE[key] for key in _KEYS_IN_OFFER_ORDER
 )
 _U64_MAX = fields.U64_MAX
+#: Each isolation level by itself, so accepted offers share one string object per level.
+_ISOLATIONS = {level: level for level in ISOLATION_LEVELS}
 _PEER_ID_PREFIX = identity.PEER_ID_PREFIX
 _PEER_ID_SIZE = identity.PEER_ID_SIZE
 
@@ -367,7 +383,7 @@ def _accept_offer(m: dict[str, Any]) -> tuple[Offer, bytes] | None:
     (
         provider, listing, payee, payee_sig, gpu, cpu_cores, ram_mib, disk_gib, bandwidth_mbps,
         region, price, chain_id, token, escrow, min_seconds, max_seconds, interruptible,
-        heartbeat_seconds, capacity, seq, issued, expires, sig, _, _,
+        heartbeat_seconds, capacity, seq, issued, expires, isolation, sig, _, _,
     ) = values
     if not (
         0 <= listing <= MAX_LISTING and 0 <= cpu_cores <= MAX_CPU_CORES
@@ -381,7 +397,7 @@ def _accept_offer(m: dict[str, Any]) -> tuple[Offer, bytes] | None:
         and len(payee) == ADDRESS_SIZE and len(payee_sig) == ETH_SIG_SIZE
         and len(token) == ADDRESS_SIZE and len(escrow) == ADDRESS_SIZE and len(sig) == SIG_SIZE
         and 0 < len(price) <= 32 and price[0]  # positive, no leading zero byte
-        and (cpu_cores or gpu is not None)
+        and (cpu_cores or gpu is not None) and isolation in _ISOLATIONS
     ):
         return None
     region = _accept_region(region)
@@ -393,7 +409,7 @@ def _accept_offer(m: dict[str, Any]) -> tuple[Offer, bytes] | None:
             provider, listing, payee, payee_sig, gpu, cpu_cores, ram_mib, disk_gib,
             bandwidth_mbps, region, int.from_bytes(price, "big"), chain_id, token, escrow,
             min_seconds, max_seconds, interruptible, heartbeat_seconds, capacity, seq, issued,
-            expires,
+            expires, _ISOLATIONS[isolation],
         ),
     )
     return offer, sig
@@ -467,6 +483,7 @@ def _shape() -> cbor.Shape:
         "gpu": cbor.shape_either(cbor.SHAPE_NULL, gpu),
         "region": cbor.shape_map({"country": text(2), "zone": text(0, MAX_TEXT)}),
         "price": cbor.shape_bytes(1, 32), "interruptible": cbor.SHAPE_BOOL,
+        "isolation": text(1, MAX_ISOLATION_LEN),
     }
     return cbor.Shape(cbor.shape_map(entries))
 

@@ -27,10 +27,11 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from rigmesh.market.offer import MAX_TEXT, Offer, SignedOffer
+from rigmesh.market.offer import ISOLATION_LEVELS, MAX_TEXT, Offer, SignedOffer
 from rigmesh.market.reputation import MAX_SCORE, MIN_SCORE, Reputation
 from rigmesh.wire.errors import InvalidField
 
+_ISOLATION_RANK = {level: rank for rank, level in enumerate(ISOLATION_LEVELS)}
 #: A query returns at most this many offers (the CLI and the sync protocol page beyond).
 MAX_LIMIT = 10_000
 #: Fractional bits of the price-per-VRAM key.
@@ -102,6 +103,8 @@ class OfferQuery:
     - cpu_only: only offers without a GPU. Otherwise gpu_required (the default) keeps only offers
       with a GPU; ``gpu_required=False`` accepts both.
     - min_cpu_cores, min_ram_mib; token: only offers priced in this token (20 bytes, zero = ETH).
+    - min_isolation: only providers that confine jobs at least this well (market/offer.py's
+      ISOLATION_LEVELS, weakest first).
     - sort: a `Sort` or its value; limit: at most this many offers (None: all).
     """
 
@@ -119,6 +122,7 @@ class OfferQuery:
     min_cpu_cores: int = 0
     min_ram_mib: int = 0
     token: bytes | None = None
+    min_isolation: str | None = None
     sort: Sort = Sort.PRICE
     limit: int | None = 20
     #: normalize_model(gpu_model), computed once.
@@ -163,6 +167,8 @@ class OfferQuery:
             raise InvalidField("cpu_only contradicts a GPU filter")
         if self.token is not None and (type(self.token) is not bytes or len(self.token) != 20):
             raise InvalidField("token: expected 20 bytes")
+        if self.min_isolation is not None and self.min_isolation not in ISOLATION_LEVELS:
+            raise InvalidField(f"min_isolation: one of {list(ISOLATION_LEVELS)}")
         try:
             object.__setattr__(self, "sort", Sort(self.sort))
         except ValueError:
@@ -219,6 +225,10 @@ class OfferQuery:
         if self.interruptible is not None and offer.interruptible != self.interruptible:
             return False
         if offer.cpu_cores < self.min_cpu_cores or offer.ram_mib < self.min_ram_mib:
+            return False
+        if self.min_isolation is not None and _ISOLATION_RANK[offer.isolation] < (
+            _ISOLATION_RANK[self.min_isolation]
+        ):
             return False
         return not (self.token is not None and offer.token != self.token)
 

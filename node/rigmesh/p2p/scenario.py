@@ -19,14 +19,25 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
+from rigmesh.escrow.contract import default_escrow_address
 from rigmesh.market.book import OfferBook
-from rigmesh.p2p.demo import DemoProvider
+from rigmesh.market.listing import Hardware, Listing, Market, OfferBuilder
+from rigmesh.market.offer import Gpu, Region
 from rigmesh.p2p.gossip import GossipConfig, OfferGossip
 from rigmesh.p2p.memory import LinkParams, MemoryHub, MemoryNetwork, deterministic_trio
+from rigmesh.wire.eip712 import EthKey
 from rigmesh.wire.identity import PeerKey
 
 EPOCH = 1_767_225_600
 CHAIN_ID = 31337
+#: What every simulated provider offers: one H100 (the recorded one's figures), in Frankfurt.
+SIM_HARDWARE = Hardware(
+    gpu=Gpu("NVIDIA H100 80GB HBM3", 81559, 1, "9.0", "570.133.20", "12.8"), cpu_cores=16,
+    ram_mib=196608, disk_gib=1000, bandwidth_mbps=10000,
+)
+SIM_LISTING = Listing(price_per_second=555, region=Region("DE", "fra-1"), min_seconds=600,
+                      max_seconds=7 * 86400)
+SIM_MARKET = Market(CHAIN_ID, default_escrow_address(), bytes(20))
 T = TypeVar("T")
 
 
@@ -82,7 +93,7 @@ class SimNode:
     net: MemoryNetwork
     book: OfferBook
     gossip: OfferGossip
-    provider: DemoProvider
+    provider: OfferBuilder
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
@@ -122,7 +133,10 @@ class Sim:
             rng=random.Random(self.rng.getrandbits(64)), signer=key,
             on_event=lambda e, i=index: self._record(i, e),
         )
-        node = SimNode(index, key, net, book, gossip, DemoProvider(key))
+        # A simulated provider's payee key derives from its peer key (simulations only).
+        payee = EthKey(hashlib.sha256(b"rigmesh-sim-payee" + key.seed).digest())
+        node = SimNode(index, key, net, book, gossip,
+                       OfferBuilder(key, payee, SIM_HARDWARE, SIM_MARKET))
         if index < len(self.nodes):
             self.nodes[index] = node
         else:
@@ -150,9 +164,11 @@ class Sim:
                 nursery.start_soon(self.connect, a, b)
 
     async def publish(self, index: int, listing: int = 0, seq: int = 1, **kw: Any) -> str:
+        """Node `index` publishes listing `listing` at `seq`; `kw` changes the listing's settings
+        (`rigmesh.market.listing.Listing`: ttl, price_per_second, capacity, ...)."""
         node = self.nodes[index]
-        offer = node.provider.offer(chain_id=CHAIN_ID, listing=listing, seq=seq,
-                                    now=self.now(), **kw)
+        offer = node.provider.offer(SIM_LISTING.but(listing=listing, **kw), seq=seq,
+                                    now=self.now())
         signed = await node.gossip.publish_offer(offer)
         self._keys[signed.cid] = offer.key
         return signed.cid

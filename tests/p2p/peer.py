@@ -1,13 +1,13 @@
 """A runnable gossip peer: libp2p host(s) + offer book + gossip, driven by JSON lines.
 
-    python -m rigmesh.p2p.peer --key-file node.key --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3...
+    python -m tests.p2p.peer --key-file node.key --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3...
 
 Each host is one node. ``--count N`` runs N nodes in this process (the benchmark spreads 50 over
 a few processes); ``--key-file`` gives a node a persistent identity (a 32-byte Ed25519 seed in
 hex, created if missing, so a restarted node keeps its PeerId). Events go to stdout as JSON
 lines ``{"t": unix time, "node": i, "event": ..., ...}``; commands come from stdin as JSON
-lines (see `Commands`). Real nodes are wired by rigmesh.node; this module is for tests, the
-benchmark and demos.
+lines (see `Commands`). Real nodes are wired by rigmesh.node; this is the gossip layer alone, for
+the p2p tests and the benchmark (run from the repository root).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import Any
 import trio
 
 from rigmesh.market.book import OfferBook
-from rigmesh.p2p.demo import DemoProvider
 from rigmesh.p2p.gossip import GossipConfig, OfferGossip
 from rigmesh.p2p.host import Libp2pNetwork, open_libp2p_network
 from rigmesh.p2p.peers import PeerExchange
 from rigmesh.wire import cbor
 from rigmesh.wire.identity import PeerKey, peer_id_to_text
+from tests.factories import Provider
 
 
 def load_or_create_key(path: Path) -> PeerKey:
@@ -66,7 +66,7 @@ class Node:
         self.key = key
         self.chain_id = chain_id
         self.book = OfferBook(chain_id=chain_id)
-        self.provider = DemoProvider(key)
+        self.provider = Provider(key)
         self.gossip = OfferGossip(
             net, self.book, GossipConfig(chain_id=chain_id, **gossip_config),
             clock=lambda: int(time.time()), rng=rng, signer=key,
@@ -78,8 +78,8 @@ class Node:
 
     def forged(self, seq: int, listing: int) -> bytes:
         """A well-formed offer with a zeroed signature (for the spam tests)."""
-        offer = self.provider.offer(chain_id=self.chain_id, listing=listing, seq=seq,
-                                    now=int(time.time()))
+        offer = self.provider.at(chain_id=self.chain_id, listing=listing, seq=seq,
+                                 now=int(time.time()))
         m = cbor.decode(offer.sign(self.key).encoded, max_size=4096)
         m["sig"] = bytes(64)
         return cbor.encode(m)
@@ -100,7 +100,7 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
         emit(node.index, {"event": "joined", "reached": len(reached), "book": len(node.book)})
     elif name == "publish":
         t0 = time.time()
-        offer = node.provider.offer(
+        offer = node.provider.at(
             chain_id=node.chain_id, listing=int(cmd.get("listing", 0)),
             seq=int(cmd.get("seq", 1)), now=int(time.time()), price=int(cmd.get("price", 555)),
         )
@@ -114,8 +114,8 @@ async def command(nodes: list[Node], cmd: dict[str, Any], emit: Emitter) -> None
         start = trio.current_time()
         for k in range(count):
             await trio.sleep_until(start + k / rate)
-            offer = node.provider.offer(chain_id=node.chain_id, listing=k % 16, seq=seq0 + k,
-                                        now=int(time.time()))
+            offer = node.provider.at(chain_id=node.chain_id, listing=k % 16, seq=seq0 + k,
+                                     now=int(time.time()))
             await node.gossip.publish_offer(offer)
         emit(node.index, {"event": "stream_done", "count": count, "tag": cmd.get("tag"),
                           "late": round(trio.current_time() - start - (count - 1) / rate, 3)})
@@ -218,7 +218,7 @@ async def _join(node: Node, bootstrap: list[str], emit: Emitter) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m rigmesh.p2p.peer", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tests.p2p.peer", description=__doc__)
     p.add_argument("--key-file", action="append", default=[],
                    help="hex Ed25519 seed; created if missing (repeat for several nodes)")
     p.add_argument("--count", type=int, default=1, help="nodes in this process")
