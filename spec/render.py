@@ -67,7 +67,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
 }
 
 _BLOCK = re.compile(
-    r"(<!-- BEGIN generated:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- END generated:(?P=name) -->)",
+    r"(<!-- BEGIN generated:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)"
+    r"(<!-- END generated:(?P=name) -->)",
     re.S,
 )
 

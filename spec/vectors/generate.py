@@ -37,10 +37,13 @@ from rigmesh.rental.messages import (
     PROPOSAL,
     Ack,
     Agreement,
+    Chunk,
     Close,
+    Fetch,
     Fund,
     Funding,
     Heartbeat,
+    Input,
     JobState,
     Proposal,
     Reject,
@@ -554,6 +557,13 @@ def _rental() -> list[dict[str, Any]]:
         v.append(rental_valid(f"close-{reason.name.lower().replace('_', '-')}", c.encode(),
                               ctx, []))
     v.append(rental_valid("ack-rental", Ack(rid).encode(), ctx, []))
+    v.append(rental_valid("input-first-bytes", Input(rid, "train.py", 0, b"print(1)\n").encode(),
+                          ctx, []))
+    v.append(rental_valid("fetch-job-output", Fetch(rid, None, 0, 65536).encode(), ctx, []))
+    v.append(rental_valid("fetch-result-file", Fetch(rid, "out/model.bin", 4096, 65536).encode(),
+                          ctx, []))
+    v.append(rental_valid("chunk-last-of-a-file",
+                          Chunk(rid, "out/model.bin", 4096, b"\x00" * 7, True).encode(), ctx, []))
 
     # -- invalid: one fault each ------------------------------------------------------------
     def bad(name: str, data: bytes, error: str, schema_valid: bool,
@@ -641,6 +651,15 @@ def _rental() -> list[dict[str, Any]]:
     bad("close-detail-too-long", cbor.encode({**cm, "detail": "x" * 257}), "InvalidField", False)
     bad("ack-wrong-size-ref", cbor.encode({"v": 1, "kind": "ack", "ref": bytes(20)}),
         "InvalidField", False)
+    im = cbor.decode(Input(rid, "train.py", 0, b"x").encode(), max_size=512)
+    bad("input-name-outside-workdir", cbor.encode({**im, "name": "../x"}), "InvalidField", True)
+    bad("input-data-over-48-kib", cbor.encode({**im, "data": bytes(49153)}), "InvalidField",
+        False)
+    fm = cbor.decode(Fetch(rid, None, 0, 1).encode(), max_size=512)
+    bad("fetch-max-zero", cbor.encode({**fm, "max": 0}), "InvalidField", False)
+    bad("fetch-max-over-512-kib", cbor.encode({**fm, "max": 524289}), "InvalidField", False)
+    cm2 = cbor.decode(Chunk(rid, None, 0, b"", False).encode(), max_size=512)
+    bad("chunk-eof-not-bool", cbor.encode({**cm2, "eof": 1}), "Malformed", False)
     return v
 
 

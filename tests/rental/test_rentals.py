@@ -79,6 +79,14 @@ def test_a_job_that_exits_early_pays_for_its_seconds_and_refunds_the_rest() -> N
     assert reasons(w) == (CloseReason.JOB_EXITED, CloseReason.JOB_EXITED)
 
 
+def test_a_job_that_exits_while_its_first_heartbeat_is_in_flight_is_reported() -> None:
+    # The exit comes before the first receipt: the final heartbeat must follow that receipt.
+    w = run(faults=Faults(job_exits_after=1, latency=2))
+    out = assert_closed(w)
+    assert reasons(w) == (CloseReason.JOB_EXITED, CloseReason.JOB_EXITED)
+    assert out["paid"] == PRICE * 1
+
+
 def test_a_provider_that_vanishes_gets_only_what_it_claimed() -> None:
     w = run(faults=Faults(provider_gone_at=100))
     out = w.outcome()
@@ -204,6 +212,43 @@ def test_a_provider_restart_ends_the_job_and_settles_what_it_acknowledged() -> N
     assert reasons(w) == (CloseReason.PROVIDER_RESTARTED, CloseReason.PROVIDER_RESTARTED)
     assert out["paid"] >= held == PRICE * 90
     assert out["paid"] <= PRICE * (w.job["ended"] - w.job["started"])
+
+
+def _job_asked(w: World) -> None:
+    """Run `w` until the provider has asked for the job and it is not up yet."""
+    for t in range(1, 200):
+        w.run(t)
+        r = w.rental()
+        if r is not None and r.job_asked and w.job["started"] is None:
+            return
+    raise AssertionError("the job was never asked for")
+
+
+def test_a_provider_restart_while_its_job_starts_asks_for_it_again() -> None:
+    w = World(Setup(price=PRICE, interval=INTERVAL, grace=GRACE, seconds=300),
+              Faults(start_takes=5))
+    w.start()
+    _job_asked(w)
+    w.crash(PROVIDER, 2)
+    w.run(6000)
+    out = assert_closed(w)
+    assert w.job["starts"] == 2
+    assert reasons(w) == (CloseReason.COMPLETED, CloseReason.COMPLETED)
+    assert out["paid"] == PRICE * 300
+
+
+def test_a_job_that_comes_up_after_its_rental_ended_is_stopped() -> None:
+    w = World(Setup(price=PRICE, interval=INTERVAL, grace=GRACE, seconds=300),
+              Faults(start_takes=5))
+    w.start()
+    _job_asked(w)
+    w._perform(RENTER, w.renter.stop(w.now))
+    w.run(6000)
+    out = assert_closed(w)
+    assert w.job["started"] is not None, "the job came up after the close"
+    assert w.job["ended"] == w.job["started"], "and was stopped at once"
+    assert reasons(w) == (CloseReason.RENTER_STOPPED, CloseReason.RENTER_STOPPED)
+    assert out["paid"] == 0
 
 
 def test_a_renter_back_within_grace_carries_on() -> None:

@@ -71,11 +71,14 @@ class Faults:
     loss: float = 0.0
     duplicate: float = 0.0
     max_delay: int = 0
+    latency: int = 0  # every delivery takes this much longer
     never_starts: bool = False
+    start_takes: int = 1  # seconds from StartJob to the job running
     provider_gone_at: int | None = None  # the provider vanishes for good
     gpu_lie_at: int | None = None  # heartbeats show another GPU model from then
     job_dies_at: int | None = None  # the job's processes die, heartbeats go on
     job_exits_at: int | None = None  # the job exits by itself (code 0)
+    job_exits_after: int | None = None  # ... this many seconds after it started
     renter_gone_at: int | None = None  # the renter stops answering for good
 
 
@@ -149,7 +152,7 @@ class World:
         self.desk.publish(self.offer)
         self.renter = RenterRental(self.rctx, self.wants, self.offer, b"\x07" * 16)
         self.parties = {PROVIDER: Party(PROVIDER), RENTER: Party(RENTER)}
-        self.job: dict[str, Any] = {"started": None, "ended": None}
+        self.job: dict[str, Any] = {"started": None, "ended": None, "starts": 0, "life": 0}
         self.log: list[str] = []
         #: Chain events mined while a party was down: it reads them at restart.
         self._missed: dict[str, list[Any]] = {}
@@ -233,6 +236,9 @@ class World:
         self._scheduled.discard((who, self.now))
         if self._gone(who):
             return
+        due = [t for e in self._engines(who) if (t := e.next_wakeup()) is not None]
+        if not due or min(due) > self.now:
+            return  # a superseded wakeup: a node polls an engine only when it asked to be
         key = (who, self.now)
         self._polls[key] = self._polls.get(key, 0) + 1
         if self._polls[key] > 50:
@@ -261,7 +267,7 @@ class World:
         f = self.faults
         if f.loss and self.rng.random() < f.loss:
             return None
-        return self.rng.randint(0, f.max_delay) if f.max_delay else 0
+        return f.latency + (self.rng.randint(0, f.max_delay) if f.max_delay else 0)
 
     def _send(self, src: str, send: Send) -> None:
         dst = RENTER if src == PROVIDER else PROVIDER
@@ -277,7 +283,7 @@ class World:
         try:
             if dst == PROVIDER:
                 peer = self.renter_key.peer_id
-                reply, actions = self.desk.on_request(peer, send.message, self.now)
+                reply, actions, _ = self.desk.on_request(peer, send.message, self.now)
             else:
                 decoded = msg.read_any(send.message, frozenset({msg.HEARTBEAT, msg.CLOSE}))
                 reply, actions = self.renter.on_request(decoded, self.now)
@@ -381,9 +387,12 @@ class World:
         if self.faults.never_starts:
             return
 
+        self.job["starts"] += 1
+        life = self.job["life"]
+
         def started() -> None:
-            if self._gone(PROVIDER) or self.job["started"] is not None:
-                return
+            if self._gone(PROVIDER) or self.job["started"] is not None or self.job["life"] != life:
+                return  # a start the provider's death cancelled (its runner reaps it)
             self.job["started"] = self.now
             r = self.rental()
             assert r is not None
@@ -392,8 +401,10 @@ class World:
             f = self.faults
             if f.job_exits_at is not None:
                 self.at(T0 + f.job_exits_at, lambda: self._end_job(JobState.EXITED, 0))
+            if f.job_exits_after is not None:
+                self.at(self.now + f.job_exits_after, lambda: self._end_job(JobState.EXITED, 0))
 
-        self.at(self.now + 1, started)
+        self.at(self.now + self.faults.start_takes, started)
 
     def _end_job(self, state: int, code: int | None) -> None:
         if self.job["started"] is None or self.job["ended"] is not None:
@@ -437,6 +448,8 @@ class World:
             return
         party.online = False
         self.log.append(f"{self.now - T0:6d} {who} crashed")
+        if who == PROVIDER:
+            self.job["life"] += 1
         if who == PROVIDER and self.job["started"] is not None and self.job["ended"] is None:
             self.job["ended"] = self.now  # the job dies with the node
             self.job["lost"] = True
@@ -460,7 +473,7 @@ class World:
                 self.desk.by_nonce[r.neg.proposal.proposal.nonce] = r  # type: ignore[union-attr]
                 if r.rental_id is not None:
                     self.desk.by_rental[r.rental_id] = r
-                actions += r.on_job_lost(self.now)
+                actions += r.on_restart(self.now)
         else:
             self.renter = RenterRental.restore(self.rctx, snaps[0], self.now)
         # Events mined while it was down are read from the chain at restart.

@@ -34,7 +34,7 @@ FILES = ("offers.json", "receipts.json", "rental.json", "sync.json", "peers.json
          "cbor.json")
 RENTAL_KINDS = frozenset({
     msg.PROPOSAL, msg.COUNTER, msg.AGREEMENT, msg.REJECT, msg.FUND, msg.ACK, msg.HEARTBEAT,
-    msg.CLOSE,
+    msg.CLOSE, msg.INPUT, msg.FETCH, msg.CHUNK,
 })
 #: The CDDL rule of each kind. pycddl gives up on a type choice after 256 errors, which the
 #: root's fifteen choices reach, so a message is validated against its own kind's rule (and

@@ -222,6 +222,15 @@ class EscrowClient:
         """Timestamp of the latest block; the next transaction runs strictly later."""
         return int(self.w3.eth.get_block("latest")["timestamp"])
 
+    def head(self) -> int:
+        """The latest block's number."""
+        return int(self.w3.eth.block_number)
+
+    def block(self, number: int) -> tuple[bytes, int]:
+        """(hash, timestamp) of block `number` (what the chain watcher anchors to)."""
+        b = self.w3.eth.get_block(number)
+        return bytes(b["hash"]), int(b["timestamp"])
+
     def native_balance(self, account: bytes | None = None) -> int:
         return int(self.w3.eth.get_balance(_checksum(account or self.sender)))
 
@@ -696,6 +705,12 @@ class AsyncEscrowClient:
 
     async def chain_time(self) -> int:
         return await self._run(self.sync.chain_time)
+
+    async def head(self) -> int:
+        return await self._run(self.sync.head)
+
+    async def block(self, number: int) -> tuple[bytes, int]:
+        return await self._run(self.sync.block, number)
 
     async def balance_of(self, token: bytes, account: bytes | None = None) -> int:
         return await self._run(self.sync.balance_of, token, account)

@@ -96,6 +96,11 @@ class OfferGossip:
         self._sync_buckets: dict[bytes, TokenBucket] = {}
         self._own: dict[tuple[bytes, int], Offer] = {}
         self._on_event = on_event
+        #: Where a provider's seqs come from (listing -> the next seq, durably): its node's
+        #: ledger, so a restarted provider never reuses one. None: the last one plus one.
+        self.next_seq: Callable[[int], int] | None = None
+        #: Called with each of our own offers once published (first time and republished).
+        self.on_own_offer: Callable[[SignedOffer], None] | None = None
         self.counters: dict[str, int] = {}
         #: `run`'s nursery while it runs (join's remaining syncs go on there).
         self._nursery: trio.Nursery | None = None
@@ -196,6 +201,8 @@ class OfferGossip:
             raise RuntimeError("this node has no signing key")
         signed = offer.sign(self.signer)
         result = await self.publish(signed.encoded)
+        if self.on_own_offer is not None:
+            self.on_own_offer(result)
         if offer.capacity:
             self._own[offer.key] = offer
         else:
@@ -206,11 +213,14 @@ class OfferGossip:
         now = self.clock()
         for key, offer in list(self._own.items()):
             ttl = offer.expires - offer.issued
-            fresh = offer._replace(seq=offer.seq + 1, issued=now, expires=now + ttl)
+            seq = offer.seq + 1 if self.next_seq is None else self.next_seq(offer.listing)
+            fresh = offer._replace(seq=seq, issued=now, expires=now + ttl)
             self._own[key] = fresh
             assert self.signer is not None  # _own is only filled by publish_offer
             try:
-                await self.publish(fresh.sign(self.signer).encoded)
+                published = await self.publish(fresh.sign(self.signer).encoded)
+                if self.on_own_offer is not None:
+                    self.on_own_offer(published)
             except WireError as exc:  # our own offer is invalid: a bug or a bad config
                 self._emit("republish_failed", error=str(exc))
                 del self._own[key]

@@ -29,7 +29,14 @@ from typing import Any, NamedTuple
 from rigmesh.rental.codes import CloseReason, RejectReason
 from rigmesh.rental.evidence import TelemetrySample
 from rigmesh.rental.receipt import MAX_RECEIPT_SIZE
-from rigmesh.rental.workload import FileDigest, Workload, read_files
+from rigmesh.rental.workload import (
+    MAX_FILE_NAME,
+    FileDigest,
+    UnsafePathError,
+    Workload,
+    check_relpath,
+    read_files,
+)
 from rigmesh.wire import cbor, eip712, fields, identity
 from rigmesh.wire.errors import InvalidField, Malformed, TooLarge
 from rigmesh.wire.message import PROTOCOL_VERSION, open_envelope, received_signing_input
@@ -38,12 +45,18 @@ PROPOSAL, COUNTER, AGREEMENT, REJECT, FUND, ACK = (
     "proposal", "counter", "agreement", "reject", "fund", "ack",
 )
 HEARTBEAT, CLOSE, RECEIPT = "heartbeat", "close", "receipt"
+INPUT, FETCH, CHUNK = "input", "fetch", "chunk"
 
 #: Size limits (spec/rental.md, "Limits").
 MAX_PROPOSAL_SIZE = 16 * 1024
 MAX_AGREEMENT_SIZE = MAX_PROPOSAL_SIZE + 256
 MAX_HEARTBEAT_SIZE = 8 * 1024
-MAX_SMALL_SIZE = 512  # reject, close, ack, fund
+MAX_SMALL_SIZE = 512  # reject, close, ack, fund, fetch
+#: Job data: an input chunk fits a 64 KiB request frame, a result chunk a 1 MiB response.
+MAX_INPUT_DATA = 48 * 1024
+MAX_INPUT_SIZE = MAX_INPUT_DATA + 512
+MAX_CHUNK_DATA = 512 * 1024
+MAX_CHUNK_SIZE = MAX_CHUNK_DATA + 512
 MAX_DETAIL = 256
 MAX_ROUND = 4
 MAX_SAMPLES = 16
@@ -430,6 +443,100 @@ class Close(NamedTuple):
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# Job data (usage protocol): inputs up, the job's output and result files down.
+
+
+class Input(NamedTuple):
+    """Renter -> provider: bytes of one input file the proposal named, in order (``offset``: how
+    many bytes of the file came before these). The provider checks the whole file against its
+    SHA-256 in the proposal once ``offset + len(data)`` reaches its size."""
+
+    rental_id: bytes
+    name: str
+    offset: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        return cbor.encode(_envelope(INPUT, {"rental_id": self.rental_id, "name": self.name,
+                                             "offset": self.offset, "data": self.data}))
+
+
+class Fetch(NamedTuple):
+    """Renter -> provider: up to `max` bytes from `offset` of a result file the last heartbeat
+    listed, or (``file`` null) of the job's output as it runs (stdout and stderr, merged)."""
+
+    rental_id: bytes
+    file: str | None
+    offset: int
+    max: int
+
+    def encode(self) -> bytes:
+        return cbor.encode(_envelope(FETCH, {"rental_id": self.rental_id, "file": self.file,
+                                             "offset": self.offset, "max": self.max}))
+
+
+class Chunk(NamedTuple):
+    """The answer to a fetch: the bytes from ``offset``; ``eof``: nothing follows them (the file's
+    end, or the job's output once the job has ended)."""
+
+    rental_id: bytes
+    file: str | None
+    offset: int
+    data: bytes
+    eof: bool
+
+    def encode(self) -> bytes:
+        return cbor.encode(_envelope(CHUNK, {"rental_id": self.rental_id, "file": self.file,
+                                             "offset": self.offset, "data": self.data,
+                                             "eof": self.eof}))
+
+
+_INPUT_KEYS = frozenset({"v", "kind", "rental_id", "name", "offset", "data"})
+_FETCH_KEYS = frozenset({"v", "kind", "rental_id", "file", "offset", "max"})
+_CHUNK_KEYS = frozenset({"v", "kind", "rental_id", "file", "offset", "data", "eof"})
+
+
+def _file_name(m: dict[str, Any], key: str) -> str:
+    name = fields.text(m, key, min_len=1, max_len=MAX_FILE_NAME)
+    try:
+        check_relpath(name)
+    except UnsafePathError as exc:
+        raise InvalidField(f"{key}: {exc.why}: {name!r}") from None
+    return name
+
+
+def _data(m: dict[str, Any], limit: int) -> bytes:
+    v = m["data"]
+    if type(v) is not bytes:
+        raise Malformed("data: expected bytes")
+    if len(v) > limit:
+        raise InvalidField(f"data: {len(v)} bytes > {limit}")
+    return v
+
+
+def parse_input(m: dict[str, Any]) -> Input:
+    fields.exact_keys(m, _INPUT_KEYS, INPUT)
+    return Input(fields.fixed_bytes(m, "rental_id", HASH_SIZE), _file_name(m, "name"),
+                 fields.uint(m, "offset"), _data(m, MAX_INPUT_DATA))
+
+
+def parse_fetch(m: dict[str, Any]) -> Fetch:
+    fields.exact_keys(m, _FETCH_KEYS, FETCH)
+    rental_id = fields.fixed_bytes(m, "rental_id", HASH_SIZE)
+    file = None if m["file"] is None else _file_name(m, "file")
+    return Fetch(rental_id, file, fields.uint(m, "offset"),
+                 fields.uint(m, "max", low=1, high=MAX_CHUNK_DATA))
+
+
+def parse_chunk(m: dict[str, Any]) -> Chunk:
+    fields.exact_keys(m, _CHUNK_KEYS, CHUNK)
+    rental_id = fields.fixed_bytes(m, "rental_id", HASH_SIZE)
+    file = None if m["file"] is None else _file_name(m, "file")
+    return Chunk(rental_id, file, fields.uint(m, "offset"), _data(m, MAX_CHUNK_DATA),
+                 fields.boolean(m, "eof"))
+
+
 def _clip(detail: str) -> str:
     return detail.encode()[:MAX_DETAIL].decode(errors="ignore")
 
@@ -516,13 +623,10 @@ def parse_ack(m: dict[str, Any]) -> Ack:
     return Ack(ref)
 
 
-_SMALL = {REJECT: parse_reject, CLOSE: parse_close, FUND: parse_fund, ACK: parse_ack}
-
-
-def read_small(data: bytes, kinds: frozenset[str]) -> Reject | Close | Fund | Ack:
-    """One of the small unsigned kinds (reject, close, fund, ack) out of `kinds`."""
-    m = open_envelope(data, max_size=MAX_SMALL_SIZE, kinds=kinds)
-    return _SMALL[m["kind"]](m)
+_SMALL = {
+    REJECT: parse_reject, CLOSE: parse_close, FUND: parse_fund, ACK: parse_ack,
+    INPUT: parse_input, FETCH: parse_fetch, CHUNK: parse_chunk,
+}
 
 
 #: Each kind's reader and size limit, for the protocols' request routers.
@@ -530,6 +634,7 @@ _SIZES = {
     PROPOSAL: MAX_PROPOSAL_SIZE, COUNTER: MAX_PROPOSAL_SIZE, AGREEMENT: MAX_AGREEMENT_SIZE,
     HEARTBEAT: MAX_HEARTBEAT_SIZE, REJECT: MAX_SMALL_SIZE, CLOSE: MAX_SMALL_SIZE,
     FUND: MAX_SMALL_SIZE, ACK: MAX_SMALL_SIZE, RECEIPT: MAX_RECEIPT_SIZE,
+    INPUT: MAX_INPUT_SIZE, FETCH: MAX_SMALL_SIZE, CHUNK: MAX_CHUNK_SIZE,
 }
 
 

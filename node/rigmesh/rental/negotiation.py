@@ -34,8 +34,8 @@ from rigmesh.rental.messages import (
     SignedAgreement,
     SignedProposal,
     read_agreement,
+    read_any,
     read_proposal,
-    read_small,
 )
 from rigmesh.rental.table import LocalProtocolError, Machine, local
 from rigmesh.wire import cbor, eip712
@@ -223,7 +223,7 @@ class Negotiation(Machine[NegState, NegEvent]):
         if snap["agreement"] is not None:
             n.agreement = read_agreement(snap["agreement"])
         if snap["fund"] is not None:
-            n.fund = read_small(snap["fund"], frozenset({FUND}))  # type: ignore[assignment]
+            n.fund = read_any(snap["fund"], frozenset({FUND}))  # type: ignore[assignment]
         n.opened_at = snap["opened_at"]
         return n
 

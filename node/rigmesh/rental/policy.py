@@ -69,16 +69,20 @@ def decide(
     *,
     listing_rentals: int,
     renter_rentals: int,
+    capacity: int | None = None,
 ) -> Decision:
-    """The provider's answer to proposal `p` for `offer` (None: no such live offer)."""
+    """The provider's answer to proposal `p` for `offer` (None: no such live offer).
+    `capacity`: how many rentals the listing takes in all (default: the offer's own figure;
+    a provider's newest offer states what is free, so its desk passes the total)."""
     if offer is None or offer.capacity == 0:
         return Refuse(RejectReason.UNKNOWN_OFFER, "no such live offer")
+    capacity = offer.capacity if capacity is None else capacity
     if (p.chain_id, p.escrow, p.token, p.payee) != (
         offer.chain_id, offer.escrow, offer.token, offer.payee
     ):
         return Refuse(RejectReason.TERMS, "chain, escrow, token or payee differ from the offer")
-    if listing_rentals >= offer.capacity:
-        return Refuse(RejectReason.NO_CAPACITY, f"{listing_rentals} of {offer.capacity} taken")
+    if listing_rentals >= capacity:
+        return Refuse(RejectReason.NO_CAPACITY, f"{listing_rentals} of {capacity} taken")
     if renter_rentals >= policy.max_rentals_per_renter:
         return Refuse(
             RejectReason.TOO_MANY_RENTALS, f"at most {policy.max_rentals_per_renter} per renter"

@@ -205,7 +205,7 @@ class ProviderRental:
         if key == "heartbeat":
             self._on_heartbeat_answer(data, now, out)
         else:
-            msg.read_small(data, frozenset({msg.ACK}))
+            msg.read_any(data, frozenset({msg.ACK}))
             self.outbox.answered(key)
         return out
 
@@ -213,7 +213,7 @@ class ProviderRental:
         use = self.use
         assert use is not None
         if msg.kind_of(data, frozenset({msg.RECEIPT, msg.CLOSE})) == msg.CLOSE:
-            close = msg.read_small(data, frozenset({msg.CLOSE}))
+            close = msg.read_any(data, frozenset({msg.CLOSE}))
             assert isinstance(close, Close)
             self.outbox.answered("heartbeat")
             if use.receive(close, now):
@@ -233,9 +233,11 @@ class ProviderRental:
         if sr.receipt.amount < owed:
             self._close(CloseReason.BAD_RECEIPT, now, out,
                         f"receipt for {sr.receipt.amount}, heartbeat claims {owed}")
-        elif use.state is UseState.SETTLING:
+            return
+        if use.state is UseState.SETTLING:
             self._settle(out)
-        elif self.ctx.claims.should_claim(
+            return
+        if self.ctx.claims.should_claim(
             sr.receipt.amount - use.paid, since_last=now - self.last_claim_at
         ):
             self.last_claim_at = now
@@ -244,6 +246,8 @@ class ProviderRental:
                        Claim(use.terms, sr.receipt, sr.sig)),
                 out,
             )
+        # The job may have ended while this heartbeat was in flight: its final one is next.
+        self._maybe_final(now, out)
 
     def on_failure(self, key: str, now: int) -> list[Action]:
         """A request of ours failed (network, timeout, an error frame): it is retried until
@@ -258,8 +262,8 @@ class ProviderRental:
             self._on_opened(event, now, out)
             return out
         use = self.use
-        if use is None:
-            return out
+        if use is None or use.state is UseState.CLOSED:
+            return out  # not funded yet, or a replay of what closed it
         if isinstance(event, ToppedUp):
             use.topped_up(event.deposit)
         elif isinstance(event, Claimed):
@@ -301,6 +305,7 @@ class ProviderRental:
             escrow=self.ctx.escrow, opened_at=event.opened_at, funded_at=now,
         )
         self.outbox.drop_ops("openfor:")
+        self.last_claim_at = now  # claims are spaced from the funding on
         if late:
             # Funded after we had given up: hand it straight back.
             self._close(CloseReason.AGREEMENT_EXPIRED, now, out, "funded after fund_by")
@@ -330,6 +335,10 @@ class ProviderRental:
         out: list[Action] = []
         use = self.use
         if use is None or use.state is not UseState.STARTING:
+            # The rental ended while its job was coming up: nobody pays for it, stop it.
+            if use is not None and self.job_asked and self.stop_asked is None:
+                self.stop_asked = use.close_reason() or CloseReason.START_FAILED
+                out.append(StopJob(use.rental_id, self.stop_asked))
             return out
         self.job_started_at = now
         self.job_running = True
@@ -481,7 +490,7 @@ class ProviderRental:
     @classmethod
     def restore(cls, ctx: ProviderContext, snap: dict[str, Any], now: int) -> ProviderRental:
         """A rental as the ledger last saw it. A job that was running did not survive the
-        node: call `on_job_lost` once the runner has confirmed it is gone."""
+        node: call `on_restart` once the runner has reaped it."""
         r = cls(ctx, snap["renter"], (snap["listing"][0], snap["listing"][1]))
         r.neg = Negotiation.restore(snap["neg"], PROVIDER, ctx.crypto, chain_id=ctx.chain_id,
                                     escrow=ctx.escrow)
@@ -527,20 +536,28 @@ class ProviderRental:
             )
         return ops
 
-    def on_job_lost(self, now: int) -> list[Action]:
-        """After a restart: the job this rental ran is gone (the node's death took it). The
-        rental ends with a last heartbeat saying so, and settles with the best receipt."""
-        if not self.job_running or self.job_end is not None:
-            return []
+    def on_restart(self, now: int) -> list[Action]:
+        """After a restart, once the runner has reaped what the dead node left: a job asked for
+        but not yet started is asked for again; a job that ran is gone (the node's death took
+        it), and the rental ends with a last heartbeat saying so and settles with the best
+        receipt."""
+        out: list[Action] = []
+        use = self.use
+        if use is None or self.job_end is not None:
+            return out
+        if not self.job_running:
+            if self.job_asked and use.state is UseState.STARTING:
+                self.job_asked = False
+                self._maybe_start(out)
+            return out
         self.stop_asked = CloseReason.PROVIDER_RESTARTED
         # Uptime is what the last heartbeat showed: nothing later can be vouched for.
-        last = None if self.use is None or self.use.last is None else self.use.last.heartbeat
+        last = None if use.last is None else use.last.heartbeat
         end = now if self.job_started_at is None or last is None else (
             self.job_started_at + last.uptime
         )
         self.job_running = False
         self.job_end = (JobState.LOST, None, (), end)
-        out: list[Action] = []
         self._maybe_final(now, out)
         return out
 
@@ -596,6 +613,9 @@ class ProviderRental:
         if use is not None:
             if use.deadline is not None:
                 times.append(use.deadline)
+            if (use.state is UseState.RUNNING and use.answered and self.job_end is not None
+                    and use.last is not None and use.last.heartbeat.state == JobState.RUNNING):
+                times.append(use.last.heartbeat.time)  # the final heartbeat is due now
             if use.state is UseState.RUNNING and use.last is not None and self.job_running:
                 if use.answered:
                     times.append(use.last.heartbeat.time + use.interval)
@@ -611,15 +631,26 @@ class ProviderDesk:
     def __init__(self, ctx: ProviderContext) -> None:
         self.ctx = ctx
         self.offers: dict[bytes, SignedOffer] = {}  # by binary CID
+        #: Rentals each listing takes in all (a listing's newest offer states what is free).
+        self.capacity: dict[tuple[bytes, int], int] = {}
         self.by_nonce: dict[bytes, ProviderRental] = {}
         self.by_rental: dict[bytes, ProviderRental] = {}
 
-    def publish(self, signed: SignedOffer) -> None:
-        """An offer of ours is live (a newer one of the same listing replaces it)."""
+    def publish(self, signed: SignedOffer, *, capacity: int | None = None) -> None:
+        """An offer of ours is out. Earlier offers of its listing still take proposals until they
+        expire (a renter may have seen one just before a republish), unless this one withdraws
+        the listing (capacity 0 and no `capacity`: the provider is leaving). `capacity`: the
+        listing's total, when the offer states only what is free."""
+        o = signed.offer
+        if capacity is not None:
+            self.capacity[o.key] = capacity
+        elif o.capacity:
+            self.capacity.setdefault(o.key, o.capacity)
         for cid, held in list(self.offers.items()):
-            if held.offer.key == signed.offer.key:
+            h = held.offer
+            if h.key == o.key and (h.expires <= o.issued or (capacity is None and not o.capacity)):
                 del self.offers[cid]
-        if signed.offer.capacity:
+        if o.capacity or capacity:
             self.offers[msg.cid_of(signed.encoded)] = signed
 
     def rentals(self) -> list[ProviderRental]:
@@ -636,12 +667,28 @@ class ProviderDesk:
                 renter_n += 1
         return listing, renter_n
 
-    def on_request(self, peer: bytes, data: bytes, now: int) -> tuple[bytes, list[Action]]:
-        """A request on the negotiate or usage protocol from `peer`. Raises the `WireError` to
-        answer with an error frame."""
+    def route(self, peer: bytes, data: bytes) -> ProviderRental | None:
+        """The rental a request from `peer` is for (None: a new proposal, or nothing we know).
+        Raises the `WireError` that refuses the request."""
         m = msg.read_any(data, _REQUESTS)
         if isinstance(m, SignedProposal):
-            return self._on_proposal(peer, m, now), []
+            return self.by_nonce.get(m.proposal.nonce)
+        if isinstance(m, SignedAgreement):
+            return self.by_nonce.get(m.agreement.proposal.proposal.nonce)
+        if isinstance(m, Reject):
+            return next((r for r in self.by_nonce.values() if m.ref in r.neg._refs()), None)
+        return self.by_rental.get(m.rental_id)
+
+    def on_request(
+        self, peer: bytes, data: bytes, now: int
+    ) -> tuple[bytes, list[Action], ProviderRental | None]:
+        """A request on the negotiate or usage protocol from `peer`: the reply, the actions, and
+        the rental it concerned (None: refused without state). Raises the `WireError` to answer
+        with an error frame."""
+        m = msg.read_any(data, _REQUESTS)
+        if isinstance(m, SignedProposal):
+            reply = self._on_proposal(peer, m, now)
+            return reply, [], self.by_nonce.get(m.proposal.nonce)
         if isinstance(m, SignedAgreement):
             rental = self.by_nonce.get(m.agreement.proposal.proposal.nonce)
         elif isinstance(m, Reject):
@@ -653,7 +700,7 @@ class ProviderDesk:
         reply, out = rental.on_request(m, now)
         if rental.rental_id is not None:
             self.by_rental.setdefault(rental.rental_id, rental)
-        return reply, out
+        return reply, out, rental
 
     def _on_proposal(self, peer: bytes, sp: SignedProposal, now: int) -> bytes:
         p = sp.proposal
@@ -678,6 +725,7 @@ class ProviderDesk:
         decision = decide(
             self.ctx.policy, None if offer is None else offer.offer, p,
             listing_rentals=listing, renter_rentals=renter_n,
+            capacity=None if offer is None else self.capacity.get(offer.offer.key),
         )
         return rental.answer(sp, decision, now)
 

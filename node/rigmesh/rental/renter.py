@@ -166,7 +166,7 @@ class RenterRental:
             return self._on_answer(data, now)
         out: list[Action] = []
         if key in ("agreement", "fund", "reject", "close"):
-            msg.read_small(data, frozenset({msg.ACK}))
+            msg.read_any(data, frozenset({msg.ACK}))
             if key == "agreement" and key in self.outbox.requests:
                 self._fund(out)
             self.outbox.answered(key)
@@ -249,8 +249,8 @@ class RenterRental:
             self._on_opened(event, now, out)
             return out
         use = self.use
-        if use is None:
-            return out
+        if use is None or use.state is UseState.CLOSED:
+            return out  # not funded yet, or a replay of what closed it
         if isinstance(event, ToppedUp):
             use.topped_up(event.deposit)
             self.outbox.drop_ops(f"topup:{use.rental_id.hex()}")

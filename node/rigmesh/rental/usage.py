@@ -36,8 +36,8 @@ from rigmesh.rental.messages import (
     JobState,
     SignedAgreement,
     SignedHeartbeat,
+    read_any,
     read_heartbeat,
-    read_small,
 )
 from rigmesh.rental.receipt import SignedReceipt, check_supersedes, decode_receipt
 from rigmesh.rental.table import Machine, local
@@ -152,6 +152,7 @@ class Usage(Machine[UseState, UseEvent]):
         a = agreement.agreement
         p = a.proposal.proposal
         self.terms: eip712.Terms = a.terms
+        self.workload = p.workload
         self.rental_id = self.terms.rental_id
         self.chain_id = chain_id
         self.escrow = escrow
@@ -220,7 +221,7 @@ class Usage(Machine[UseState, UseEvent]):
                 signer=u.terms.receipt_signer, verify=False,
             )
         if snap["close"] is not None:
-            u.close = read_small(snap["close"], frozenset({CLOSE}))  # type: ignore[assignment]
+            u.close = read_any(snap["close"], frozenset({CLOSE}))  # type: ignore[assignment]
         u.settled = None if snap["settled"] is None else tuple(snap["settled"])  # type: ignore[assignment]
         u.finalize_due = snap["finalize_due"]
         return u

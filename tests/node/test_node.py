@@ -1,0 +1,66 @@
+"""Two nodes in one process on the embedded chain: a whole rental, from offer to settlement."""
+
+from __future__ import annotations
+
+from rigmesh.escrow.model import Status
+from rigmesh.rental.codes import CloseReason
+from rigmesh.rental.usage import UseState
+from tests.node.conftest import PRICE, Net, an_offer, job, wants
+
+
+async def test_a_rental_between_two_nodes(net: Net) -> None:
+    async with net.pair() as (_provider, renter):
+        offer = await an_offer(renter)
+        key = await renter.rent(offer, wants(job("print('hello from the job')"), seconds=20))
+        rental = await renter.wait_until(
+            key, lambda e: e.use is not None and e.use.state is UseState.CLOSED, timeout=60)
+        use = rental.use
+        assert use is not None and use.settled is not None
+        state = await renter.escrow.rental_state(use.rental_id)
+        assert state.status is Status.CLOSED
+        paid, refunded = use.settled
+        assert paid == use.amount and paid + refunded == use.deposit
+        assert use.ended_by() is CloseReason.JOB_EXITED, (use.ended_by(), use.state, use.snapshot())
+        assert paid <= PRICE * 20
+
+
+async def test_inputs_in_output_streamed_results_back(net: Net) -> None:
+    import hashlib
+
+    import trio
+
+    from rigmesh.rental.workload import FileDigest, Workload
+
+    data = b"x" * 100_000  # three input chunks
+    code = (
+        "import os, time, hashlib\n"
+        "d = open('in/data.bin','rb').read()\n"
+        "print('got', len(d), flush=True)\n"
+        "for i in range(3):\n"
+        "    print('tick', i, flush=True); time.sleep(1)\n"
+        "os.makedirs('out', exist_ok=True)\n"
+        "open('out/sum.txt','w').write(hashlib.sha256(d).hexdigest())\n"
+    )
+    import sys
+
+    workload = Workload("command", (sys.executable, "-c", code), 0,
+                        (FileDigest("in/data.bin", len(data), hashlib.sha256(data).digest()),))
+    async with net.pair() as (_provider, renter):
+        offer = await an_offer(renter)
+        key = await renter.rent(offer, wants(workload, seconds=30), {"in/data.bin": data})
+        lines = b""
+        with trio.fail_after(60):
+            async for piece in renter.output(key):
+                lines += piece
+        assert b"got 100000" in lines and b"tick 2" in lines
+        rental = await renter.wait_until(
+            key, lambda e: e.use is not None and e.use.state is UseState.CLOSED
+            and e.outputs_checked is not None, timeout=60)
+        assert rental.outputs_checked is True
+        results = net.root / "renter" / "results" / rental.use.rental_id.hex()  # type: ignore[union-attr]
+        assert (results / "out/sum.txt").read_text() == hashlib.sha256(data).hexdigest()
+        use = rental.use
+        assert use is not None and use.settled is not None
+        # Paid for the seconds the job ran (about three), as the last receipt said.
+        assert use.settled[0] == use.amount == PRICE * use.last.heartbeat.uptime  # type: ignore[union-attr]
+        assert 2 <= use.last.heartbeat.uptime <= 6  # type: ignore[union-attr]
