@@ -122,9 +122,18 @@ class TelemetrySample:
             if attr not in kwargs:
                 raise TelemetryDecodeError(cls.KEYS[attr], "missing")
         for attr, val in kwargs.items():
+            # The common case inline (`_LIMITS`); `_check_value` names any fault.
+            text, lo, hi = _LIMITS[attr]
+            if text:
+                ok = type(val) is str and 0 < len(val) <= hi
+            else:
+                ok = type(val) is int and lo <= val <= hi
+            if ok:
+                continue
             if val is None:  # omitted is the only way to say 'not reported'
                 raise TelemetryDecodeError(cls.KEYS[attr], "null not allowed, omit the key")
             _check_value(attr, val, cls.REQUIRED, key=cls.KEYS[attr])
+            raise AssertionError(f"{attr}: _LIMITS and _check_value disagree")  # never
         # Every value passed the checks __post_init__ would repeat: build the sample without
         # running them twice (a heartbeat carries up to 16 samples; this halves their cost).
         sample = object.__new__(cls)
@@ -136,6 +145,18 @@ class TelemetrySample:
 #: TelemetrySample's field names in order, and the attribute of each CBOR key (read once).
 _SAMPLE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TelemetrySample))
 _ATTR_OF_KEY: dict[str, str] = {key: attr for attr, key in TelemetrySample.KEYS.items()}
+
+
+def _limits(attr: str) -> tuple[bool, int, int]:
+    """(is text, low, high) of a sample's field: what `_check_value` accepts, as a table."""
+    if attr in ("uuid", "name"):
+        return True, 1, _MAX_STR
+    lo = -273 if attr == "temp_c" else 0
+    hi = 100 if attr in TelemetrySample.PCT_FIELDS else _MAX_INT
+    return False, lo, hi
+
+
+_LIMITS = {attr: _limits(attr) for attr in _SAMPLE_FIELDS}
 
 
 def _check_value(attr: str, val: object, required: frozenset[str], key: str | None = None) -> None:
