@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from rigmesh.escrow.errors import EscrowError
-from rigmesh.escrow.model import Event, EscrowModel, RentalState, Status
+from rigmesh.escrow.model import EscrowModel, Event, RentalState, Status
 from rigmesh.rental.actions import (
     ChainOp,
     Claim,

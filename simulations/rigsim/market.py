@@ -28,6 +28,7 @@ from rigmesh.escrow.errors import EscrowError
 from rigmesh.market.book import OfferBook
 from rigmesh.market.offer import Gpu, Offer, Region, SignedOffer, bind_payee
 from rigmesh.market.query import OfferQuery, Sort
+from rigmesh.p2p import policy as p2p_policy
 from rigmesh.p2p.score import ScoreConfig
 from rigmesh.rental import messages as msg
 from rigmesh.rental.actions import (
@@ -53,14 +54,18 @@ from rigmesh.rental.messages import JobState
 from rigmesh.rental.money import Budget, ClaimPolicy, provider_loss_bound, renter_loss_bound
 from rigmesh.rental.negotiation import NegState, open_request_digest
 from rigmesh.rental.policy import ProviderPolicy, RenterWants
-from rigmesh.rental.provider import ProviderContext, ProviderDesk, ProviderRental
+from rigmesh.rental.provider import (
+    SAMPLES_PER_GPU,
+    ProviderContext,
+    ProviderDesk,
+    ProviderRental,
+)
 from rigmesh.rental.renter import RenterContext, RenterRental
 from rigmesh.rental.timers import Timers
 from rigmesh.rental.usage import UseState
 from rigmesh.rental.workload import Workload
 from rigmesh.wire import cbor, eip712, identity
 from rigmesh.wire.errors import WireError
-
 from rigsim.chain import Chain, ModelChain
 from rigsim.loop import EventLoop
 from rigsim.overlay import Overlay
@@ -93,6 +98,9 @@ class Job:
     #: When the adversary's misbehaviour starts (a lie, the job's death, the provider's exit).
     cut: int | None = None
     lost: bool = False
+    #: Seconds after the start at which the node's GPU sampler first reads (then every
+    #: telemetry_interval).
+    phase: int = 0
 
 
 @dataclass(slots=True)
@@ -131,6 +139,8 @@ class ProvSlot:
     job: Job | None = None
     #: Whether it counted against the listing's capacity when last looked at.
     active: bool = False
+    #: When the job's telemetry was last sampled (Unix seconds).
+    sampled_at: int | None = None
 
 
 @dataclass
@@ -220,6 +230,7 @@ class Market:
         self.loss = float(sc["network.loss"])
         self.heartbeat = hb
         self.withdraw_when_full = bool(sc["providers.withdraw_when_full"])
+        self.telemetry_every = int(sc["providers.telemetry_interval"])
         self.book = OfferBook(chain_id=self.chain.chain_id, escrows=[self.chain.escrow],
                               max_offers=10**7)
         self.duration_ms = int(sc["run.duration"]) * 1000
@@ -239,6 +250,10 @@ class Market:
         #: Chain events a renter missed while down, by demand: read at its restart.
         self._missed_r: dict[int, list[ChainEvent]] = {}
         self._forged_cache: dict[int, bytes] = {}
+        #: Rentals open on chain, and when the last one settled (for the end of a drain).
+        self._unsettled = 0
+        self._last_settled_ms = 0
+        self._decided = 0
         self._build_peers()
 
     # -- set-up ------------------------------------------------------------------------------
@@ -334,7 +349,7 @@ class Market:
         repub = float(sc["providers.republish"])
         for p in self.providers:
             self._publish(p)
-            first = self.rng["setup"].random() * repub  # random phase (policy.first_run)
+            first = p2p_policy.first_run(self.rng["setup"], repub)  # as OfferGossip does
             loop.after(int(first * 1000), self._republish, p)
         if float(sc["demand.rate"]) > 0:
             self._next_demand()
@@ -356,8 +371,14 @@ class Market:
             self.tick(ms, self.duration_ms)
 
     def _drained(self) -> bool:
-        return not any(log.settled_at is None for log in self.rentals.values()) and not any(
-            d.outcome == "" for d in self.demands
+        """Every demand found a rental or gave up, every rental is settled on chain, and both
+        parties had time to see the last settlement."""
+        demands = self.demands
+        while self._decided < len(demands) and demands[self._decided].outcome:
+            self._decided += 1  # outcomes are final: each demand is looked at until decided
+        return (
+            self._unsettled == 0 and self._decided == len(demands)
+            and self.loop.ms >= self._last_settled_ms + 2 * self.confirm_ms + 1000
         )
 
     def _expire_book(self) -> None:
@@ -783,7 +804,7 @@ class Market:
         if not p.online or slot.job is not None or p.slots.get(slot.nonce) is not slot:
             return
         now = self.now
-        job = slot.job = Job(now)
+        job = slot.job = Job(now, phase=self.rng["jobs"].randrange(self.telemetry_every))
         if slot.rental.rental_id is not None:
             self.jobs[slot.rental.rental_id] = job
         p.busy += 1
@@ -810,20 +831,41 @@ class Market:
         job = slot.job
         if job is None:
             return
-        now = self.now
-        cut = job.cut is not None and now >= job.cut
-        lying = p.kind == "gpu_lie" and cut
-        dead = job.ended is not None or (p.kind == "job_dead" and cut)
+        # The node's sampler reads NVML every `telemetry_interval` seconds of the job's life:
+        # a heartbeat carries what it read last, so a failure shows in the evidence up to one
+        # sampling interval late (what a renter may pay for and not get, within its bound).
+        # The sampler reads the GPU when the job starts, then every `every` seconds at its own
+        # phase (not the heartbeats'): the newest sample in a heartbeat is up to `every` old.
+        every, now = self.telemetry_every, self.now
+        base = job.started + job.phase
+        times = [] if now < base else list(
+            range(base + max(0, (now - base) // every - SAMPLES_PER_GPU) * every, now + 1, every)
+        )
+        times = [job.started, *times]
+        if slot.sampled_at is not None:
+            times = [t for t in times if t > slot.sampled_at]
+        times = times[-SAMPLES_PER_GPU:]  # the node keeps the newest 4
+        if not times:
+            return
+        latest = times[-1]
+        slot.sampled_at = latest
         m = p.model
-        # Every reading NVML gives, as a node's sampler reports them (telemetry.md).
-        slot.rental.on_telemetry([TelemetrySample(
-            t_ms=now * 1000, gpu_index=0, uuid=f"GPU-{p.idx}-{slot.nonce.hex()[:8]}",
-            name="NVIDIA A10" if lying else m["model"],
-            mem_total_mib=23_028 if lying else int(m["vram_mib"]), mem_used_mib=1000,
-            util_gpu_pct=0 if dead else 100, util_mem_pct=0 if dead else 40, temp_c=60,
-            power_mw=90_000 if dead else 600_000, sm_clock_mhz=1980, mem_clock_mhz=2619,
-            job_procs=0 if dead else 2,
-        )])
+        uuid = f"GPU-{p.idx}-{slot.nonce.hex()[:8]}"
+        samples = []
+        for at in times:
+            cut = job.cut is not None and at >= job.cut
+            lying = p.kind == "gpu_lie" and cut
+            dead = (job.ended is not None and at >= job.ended) or (p.kind == "job_dead" and cut)
+            # Every reading NVML gives, as a node's sampler reports them (telemetry.md).
+            samples.append(TelemetrySample(
+                t_ms=at * 1000, gpu_index=0, uuid=uuid,
+                name="NVIDIA A10" if lying else m["model"],
+                mem_total_mib=23_028 if lying else int(m["vram_mib"]), mem_used_mib=1000,
+                util_gpu_pct=0 if dead else 100, util_mem_pct=0 if dead else 40, temp_c=60,
+                power_mw=90_000 if dead else 600_000, sm_clock_mhz=1980, mem_clock_mhz=2619,
+                job_procs=0 if dead else 2,
+            ))
+        slot.rental.on_telemetry(samples)
 
     def _vanish(self, p: ProviderNode) -> None:
         """A provider that goes dark for good: its jobs stop with it, its offers linger."""
@@ -911,6 +953,7 @@ class Market:
             self.timers.grace_seconds, ce.opened_at, deposit=t.deposit,
         )
         d.outcome = "rented"
+        self._unsettled += 1
         self.recorder.matched(d)
 
     def _ended(self, rental_id: bytes | None, use: Any) -> None:
@@ -925,6 +968,8 @@ class Market:
         if log is None:
             return
         log.paid, log.refunded, log.settled_at = ce.to_provider, ce.to_renter, self.now
+        self._unsettled -= 1
+        self._last_settled_ms = self.loop.ms
 
     def _event_to_renter(self, d: Demand, attempt: int, ce: ChainEvent) -> None:
         if d.attempt != attempt or d.engine is None:

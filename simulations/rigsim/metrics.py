@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 #: Token base units per dollar (the simulated stablecoin has 6 decimals).
 USD = 10**6
 SERIES = ("busy_gpus", "online_gpus", "utilization", "offers", "offer_price", "active_rentals",
-          "paid", "refunded", "locked", "searching", "escrow_held", "escrow_owed")
+          "paid", "refunded", "locked", "searching", "escrow_held", "escrow_owed",
+          "escrow_renters_free", "escrow_providers_free", "escrow_locked")
 
 
 def quantiles(xs: list[float], n: int = 100) -> list[float]:
@@ -84,9 +85,16 @@ class Recorder:
         s["refunded"].append(_r(refunded / USD))  # type: ignore[arg-type]
         s["locked"].append(_r(locked / USD))  # type: ignore[arg-type]
         s["searching"].append(sum(1 for d in m.demands if not d.outcome))
+        # The escrow's own books: what it holds, and whom it owes (renters' and providers'
+        # free balances, what open rentals lock). Held = owed at every sample is conservation.
         held, owed = m.chain.holdings()
-        s["escrow_held"].append(_r(held / USD))  # type: ignore[arg-type]
-        s["escrow_owed"].append(_r(owed / USD))  # type: ignore[arg-type]
+        providers = sum(m.chain.balance_of(p.payee.address) for p in m.providers)
+        renters = sum(m.chain.balance_of(r.receipt_key.address) for r in m.renters
+                      if r.receipt_key is not None)
+        for name, value in (("escrow_held", held), ("escrow_owed", owed),
+                            ("escrow_renters_free", renters), ("escrow_providers_free", providers),
+                            ("escrow_locked", owed - renters - providers)):
+            s[name].append(_r(value / USD))  # type: ignore[arg-type]
 
     # -- the end -------------------------------------------------------------------------
 

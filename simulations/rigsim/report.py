@@ -24,9 +24,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display; set before pyplot is imported
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from rigsim.metrics import SERIES  # noqa: E402
+from rigsim.metrics import SERIES
 
 PNG_METADATA = {"Software": "rigsim"}
 
@@ -144,17 +144,18 @@ def _mean_series(runs: Sequence[Run], name: str) -> tuple[list[float], list[floa
 
 
 def _cdf(ax: Any, runs: Sequence[Run], key: str, xlabel: str) -> None:
-    for label, group in _groups(runs).items():
+    groups = _groups(runs)
+    for i, (label, group) in enumerate(groups.items()):
         for k, run in enumerate(group):
             q = run.result["cdf"][key]
             if q:
-                ys = [i / (len(q) - 1) for i in range(len(q))]
-                ax.step(q, ys, where="post", alpha=0.8,
-                        label=label if k == 0 else None, color=f"C{list(_groups(runs)).index(label) % 10}")
+                ys = [j / (len(q) - 1) for j in range(len(q))]
+                ax.step(q, ys, where="post", alpha=0.8, label=label if k == 0 else None,
+                        color=f"C{i % 10}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction")
     ax.grid(alpha=0.3)
-    if len(_groups(runs)) > 1 or runs and runs[0].label:
+    if any(groups):
         ax.legend(fontsize="small")
 
 
@@ -241,7 +242,7 @@ def plot_all(folder: Path, runs: Sequence[Run]) -> list[Path]:
     a1.set_xlabel("minutes")
     a1.set_ylabel("$ (cumulative)")
     a1.set_title("Renter spend = provider earnings; refunds")
-    a2.set_xlabel("providers, by earnings")
+    a2.set_xlabel("providers that earned, by earnings")
     a2.set_ylabel("$ earned")
     a2.set_title("Provider earnings")
     for a in (a1, a2):
@@ -252,18 +253,26 @@ def plot_all(folder: Path, runs: Sequence[Run]) -> list[Path]:
     paths.append(_plot_losses(folder / "loss_bound.png", runs))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    first = groups[labels[0]]
+    t, renters = _mean_series(first, "escrow_renters_free")
+    _, locked = _mean_series(first, "escrow_locked")
+    _, providers = _mean_series(first, "escrow_providers_free")
+    minutes = [x / 60 for x in t]
+    # What left renters' free balances is exactly what open rentals lock plus what providers
+    # were paid: the stack and the dashed line coincide at every sample.
+    out = [renters[0] - r for r in renters] if renters else []
+    a1.stackplot(minutes, locked, providers, alpha=0.6,
+                 labels=["locked in open rentals", "providers' earnings"])
+    a1.plot(minutes, out, "k--", lw=1.2, label="gone from renters' free balances")
     for i, label in enumerate(labels):
         t, held = _mean_series(groups[label], "escrow_held")
         _, owed = _mean_series(groups[label], "escrow_owed")
-        a1.plot([x / 60 for x in t], held, color=f"C{i % 10}", label=f"{label} held".strip())
-        a1.plot([x / 60 for x in t], owed, color=f"C{i % 10}", ls=":", lw=3,
-                label=f"{label} owed".strip())
         a2.plot([x / 60 for x in t], [h - o for h, o in zip(held, owed, strict=True)],
                 color=f"C{i % 10}", label=label or None)
     bad = sum(r.result["measures"]["conservation.rentals_unbalanced"]
               + r.result["measures"]["conservation.escrow_errors"]
               + abs(r.result["measures"]["conservation.minted_minus_held"]) for r in runs)
-    a1.set_title("Escrow: tokens held and owed")
+    a1.set_title(f"Money in the escrow{' (' + labels[0] + ')' if labels[0] else ''}")
     a1.set_xlabel("minutes")
     a1.set_ylabel("$")
     a2.set_title(f"held - owed (violations in all runs: {bad})")
@@ -271,7 +280,7 @@ def plot_all(folder: Path, runs: Sequence[Run]) -> list[Path]:
     a2.set_ylabel("$")
     for a in (a1, a2):
         a.grid(alpha=0.3)
-    a1.legend(fontsize="small")
+    a1.legend(fontsize="small", loc="upper left")
     paths.append(_save(fig, folder / "conservation.png"))
     return paths
 

@@ -69,6 +69,8 @@ PARAMETERS: dict[str, dict[str, tuple[Any, str]]] = {
         "offer_ttl": (1800, "seconds an offer lives; a provider that vanished stays in books "
                             "this long"),
         "republish": (300, "seconds between re-signed offers (spec/p2p.md 2.5)"),
+        "telemetry_interval": (10, "seconds between a node's GPU samples; a failure shows in "
+                                   "the evidence up to this late"),
         "job_start": ({"dist": "uniform", "low": 1, "high": 5},
                       "seconds from the open seen on chain to the job running"),
     },
@@ -258,8 +260,9 @@ def _validate(sc: Scenario) -> None:
         if not isinstance(v, int | float) or not 0 <= v <= 1:
             raise ScenarioError(f"{path} must be a share in [0, 1], not {v!r}")
 
-    for path in ("run.duration", "run.sample_interval", "providers.offer_ttl",
-                 "providers.republish", "protocol.heartbeat", "protocol.grace",
+    for path in ("run.duration", "run.sample_interval", "providers.telemetry_interval",
+                 "providers.offer_ttl", "providers.republish", "protocol.heartbeat",
+                 "protocol.grace",
                  "protocol.challenge_window", "protocol.block_time", "demand.top",
                  "demand.attempts", "demand.retry", "network.degree", "adversaries.spam_rate"):
         positive(path)
