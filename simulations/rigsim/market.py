@@ -166,6 +166,8 @@ class ProviderNode:
     snapshot: bytes | None = None
     down_since: int | None = None
     rentals_started: int = 0
+    #: The payee's address (EthKey.address hashes the public key on every read).
+    address: bytes = b""
 
 
 @dataclass
@@ -175,6 +177,7 @@ class RenterNode:
     kind: str = ""
     online: bool = True
     receipt_key: eip712.EthKey | None = None
+    address: bytes = b""
     ctx: RenterContext | None = None
     ready_ms: int = 0
     demands: dict[int, Demand] = field(default_factory=dict)
@@ -284,7 +287,7 @@ class Market:
             ctx = ProviderContext(key, self.crypto, self.chain.chain_id, self.chain.escrow,
                                   policy, claims)
             p = ProviderNode(i, key, payee, ctx, ProviderDesk(ctx), max(1, int(gpus(rng))),
-                             model, base, price)
+                             model, base, price, address=payee.address)
             self.providers.append(p)
         self.renters: list[RenterNode] = []
         for i in range(n_rent):
@@ -323,7 +326,8 @@ class Market:
     def _renter_ctx(self, r: RenterNode) -> RenterContext:
         if r.ctx is None:
             r.receipt_key = eip712.EthKey(self._key("payer", r.idx))
-            r.ctx = RenterContext(r.key, r.receipt_key, r.receipt_key.address, self.crypto,
+            r.address = r.receipt_key.address
+            r.ctx = RenterContext(r.key, r.receipt_key, r.address, self.crypto,
                                   self.chain.chain_id, self.chain.escrow)
         return r.ctx
 
@@ -420,7 +424,7 @@ class Market:
             m = p.model
             rng = self.rng["setup"]
             p.offer = Offer(
-                provider=p.key.peer_id, listing=0, payee=p.payee.address, payee_sig=p.binding,
+                provider=p.key.peer_id, listing=0, payee=p.address, payee_sig=p.binding,
                 gpu=Gpu(m["model"], int(m["vram_mib"]), 1, "9.0", "570.133.20", "12.8"),
                 cpu_cores=16, ram_mib=131_072, disk_gib=1000, bandwidth_mbps=10_000,
                 region=Region(rng.choice(COUNTRIES), "zone-1"), price_per_second=p.price,
@@ -660,7 +664,7 @@ class Market:
         # The openFor branch: the renter signs an OpenRequest (real EIP-712 when signed).
         r = self._renter(d)
         assert r.receipt_key is not None and d.engine is not None
-        nonce = self.chain.nonce_of(r.receipt_key.address)
+        nonce = self.chain.nonce_of(r.address)
         deadline = self.now + 300
         fund = msg.Fund(a.rental_id, nonce, deadline, b"", None)
         digest = open_request_digest(a.terms, fund, self.chain.chain_id, self.chain.escrow)

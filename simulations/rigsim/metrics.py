@@ -88,9 +88,8 @@ class Recorder:
         # The escrow's own books: what it holds, and whom it owes (renters' and providers'
         # free balances, what open rentals lock). Held = owed at every sample is conservation.
         held, owed = m.chain.holdings()
-        providers = sum(m.chain.balance_of(p.payee.address) for p in m.providers)
-        renters = sum(m.chain.balance_of(r.receipt_key.address) for r in m.renters
-                      if r.receipt_key is not None)
+        providers = sum(m.chain.balance_of(p.address) for p in m.providers)
+        renters = sum(m.chain.balance_of(r.address) for r in m.renters if r.address)
         for name, value in (("escrow_held", held), ("escrow_owed", owed),
                             ("escrow_renters_free", renters), ("escrow_providers_free", providers),
                             ("escrow_locked", owed - renters - providers)):
@@ -171,9 +170,8 @@ class Recorder:
         )
         errors = m.chain.conservation_errors()
         measures["conservation.escrow_errors"] = len(errors)
-        held = sum(m.chain.balance_of(p.payee.address) for p in m.providers) + sum(
-            m.chain.balance_of(r.receipt_key.address) for r in m.renters
-            if r.receipt_key is not None
+        held = sum(m.chain.balance_of(p.address) for p in m.providers) + sum(
+            m.chain.balance_of(r.address) for r in m.renters if r.address
         )
         locked = sum(x["deposit"] - x["claimed"] for x in records if not x["settled"])
         measures["conservation.minted_minus_held"] = self.minted - held - locked

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
+from types import MappingProxyType
 
 import pytest
 
@@ -124,3 +125,30 @@ def test_mutations_get_the_same_answer_from_both_paths(kind: str) -> None:
         refused += got[0] == "refused"
     # The mutations reach both outcomes (not only garbage, not only the seeds again).
     assert refused > 1500 and accepted > 0
+
+
+def test_the_sample_fast_path_accepts_only_what_the_strict_read_accepts() -> None:
+    """`from_cbor_map` reads the usual sample in one pass; a mapping that is not a dict takes
+    the field-by-field read, which must give the same sample (or refuse what it refused)."""
+    rng = random.Random("fast-decode/samples")
+    values = [None, True, -1, 0, 1, 100, 101, -273, -274, 2**63 - 1, 2**63, "", "x", "y" * 128,
+              "y" * 129, 1.0, b"x", [], {}]
+    keys = [*TelemetrySample.KEYS.values(), "v", "zz"]
+    accepted = 0
+    for _ in range(4000):
+        m = dict(sample(rng.randrange(16), procs=rng.random() < 0.5,
+                        full=rng.random() < 0.5).to_cbor_map())
+        for _ in range(rng.randint(0, 2)):
+            op = rng.randrange(3)
+            key = rng.choice(keys)
+            if op == 0:
+                m[key] = rng.choice(values)
+            elif op == 1:
+                m.pop(key, None)
+            else:
+                m[key] = m.get(rng.choice(keys), 7)
+        fast = outcome(TelemetrySample.from_cbor_map, m)
+        strict = outcome(TelemetrySample.from_cbor_map, MappingProxyType(m))
+        assert fast == strict, m
+        accepted += fast[0] == "accepted"
+    assert 500 < accepted < 3900  # both outcomes are exercised
