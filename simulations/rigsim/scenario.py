@@ -101,7 +101,7 @@ PARAMETERS: dict[str, dict[str, tuple[Any, str]]] = {
         "jitter_ms": (20.0, "uniform extra delay per message"),
         "loss": (0.0, "probability a message is lost (gossip, requests and answers)"),
         "degree": (6, "mean neighbours in the gossip graph (GossipSub's D)"),
-        "traced_offers": (24, "offer publications whose gossip runs message by message "
+        "traced_offers": (12, "offer publications whose gossip runs message by message "
                               "through every peer's policy; the rest enter books at once"),
     },
     "protocol": {
