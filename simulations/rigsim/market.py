@@ -168,6 +168,8 @@ class ProviderNode:
     rentals_started: int = 0
     #: The payee's address (EthKey.address hashes the public key on every read).
     address: bytes = b""
+    #: Which life of the node this is (one more at every crash).
+    incarnation: int = 0
 
 
 @dataclass
@@ -802,10 +804,20 @@ class Market:
         if p.kind == "never_start":
             return
         delay = Sampler(self.sc["providers.job_start"])(self.rng["jobs"])
-        self.loop.after(int(delay * 1000), self._job_started, p, slot)
+        self.loop.after(int(delay * 1000), self._job_started, p, slot, p.incarnation)
 
-    def _job_started(self, p: ProviderNode, slot: ProvSlot) -> None:
+    def _job_started(self, p: ProviderNode, slot: ProvSlot, incarnation: int) -> None:
+        if incarnation != p.incarnation:
+            return  # the node died while the runner was starting it: the start died with it
         if not p.online or slot.job is not None or p.slots.get(slot.nonce) is not slot:
+            return
+        use = slot.rental.use
+        if use is None or use.state is not UseState.STARTING:
+            # The rental ended between StartJob and the job coming up (a close read from the
+            # chain at a restart, say). ProviderRental.on_job_started then ignores the job and
+            # asks for no StopJob, so a node's runner must not start it; the simulator's does
+            # not, and counts it.
+            self._count("orphan_jobs")
             return
         now = self.now
         job = slot.job = Job(now, phase=self.rng["jobs"].randrange(self.telemetry_every))
@@ -1035,6 +1047,7 @@ class Market:
         now = self.now
         if isinstance(peer, ProviderNode):
             peer.down_since = now
+            peer.incarnation += 1
             snaps = []
             for slot in peer.slots.values():
                 snaps.append(slot.rental.snapshot())

@@ -126,7 +126,7 @@ class Recorder:
         measures["attempts.mean"] = _r(mean([float(d.attempt) for d in demands
                                              if d.outcome == "rented"]))
         for k in ("proposals", "attempts_failed", "refused", "bad_answers", "transactions",
-                  "crashes", "vanished"):
+                  "crashes", "vanished", "orphan_jobs"):
             measures[f"count.{k}"] = m.counters.get(k, 0)
         for k in sorted(m.counters):
             if k.startswith("reverted_"):

@@ -40,7 +40,7 @@ from rigmesh.wire.identity import PeerKey, peer_id_to_text
 if TYPE_CHECKING:
     from rigmesh.market.book import OfferBook
 
-#: Unix seconds now. A real node passes ``lambda: int(time.time())``; the simulator derives it
+#: Unix seconds now. A real node passes ``lambda: int(time.time())``; the memory network derives it
 #: from trio's virtual clock.
 Clock = Callable[[], int]
 EventSink = Callable[[dict[str, Any]], None]
