@@ -87,3 +87,10 @@ def test_rigmesh_sim_finds_the_simulator_from_the_repository() -> None:
     assert shown.returncode == 0 and "rate = 7\n" in shown.stdout
     bad = rigmesh("sim", "run", "baseline", "--set", "demand.rat=7")
     assert bad.returncode == 2 and "unknown parameter 'demand.rat'" in bad.stderr
+
+
+def test_the_readme_lists_every_parameter() -> None:
+    readme = (SIMULATIONS / "README.md").read_text()
+    missing = [f"{s}.{k}" for s, keys in PARAMETERS.items() for k in keys
+               if f"| `{s}.{k}` |" not in readme]
+    assert missing == []

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,13 +92,20 @@ def cluster(tmp_path: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
     )
     worker = None
-    try:
+    listening = threading.Event()
+
+    def drain() -> None:
+        # Read the scheduler's log to the end (a full pipe would stall it), noting when it
+        # says it listens.
         assert scheduler.stderr is not None
-        for line in scheduler.stderr:  # wait for the scheduler to say it listens
+        for line in scheduler.stderr:
             if "Scheduler at" in line:
-                break
-        else:
-            raise AssertionError("the scheduler exited before listening")
+                listening.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(timeout=120), "the scheduler did not start listening"
         worker = subprocess.Popen(
             [str(DASK), "worker", address, "--nworkers", "1", "--nthreads", "1", *common],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
@@ -118,6 +126,9 @@ def cluster(tmp_path: Path) -> Iterator[str]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        reader.join(timeout=30)
+        if scheduler.stderr is not None:
+            scheduler.stderr.close()
 
 
 def test_sweep_on_a_separate_scheduler_and_worker_matches_a_local_run(
