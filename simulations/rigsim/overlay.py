@@ -149,22 +149,26 @@ class Overlay:
         seq = 0
         adj, online, relays, delay = self.adj, self.online, self.relays, self.delay
 
-        for dst in adj[origin]:
-            if not online[dst]:
-                continue
-            f.messages += 1
-            d = delay()
-            if d is None:
-                f.lost += 1
-                continue
-            seq += 1
-            heap.append((d, seq, dst, origin))
-        heapq.heapify(heap)
-        pop, push = heapq.heappop, heapq.heappush
+        def forward(src: int, t: float, came_from: int) -> None:
+            """`src` accepted the offer at `t`: a copy to every other online neighbour that
+            has not accepted it yet, each with its own delay, or lost."""
+            nonlocal seq
+            for nxt in adj[src]:
+                if nxt == came_from or not online[nxt] or accepted[nxt]:
+                    continue
+                f.messages += 1
+                d = delay()
+                if d is None:
+                    f.lost += 1
+                    continue
+                seq += 1
+                heapq.heappush(heap, (t + d, seq, nxt, src))
 
         def valid() -> bool:
             return True  # an honest offer is inserted by everyone it reaches first
 
+        forward(origin, 0.0, -1)
+        pop = heapq.heappop
         while heap:
             t, _, dst, src = pop(heap)
             if accepted[dst]:
@@ -177,16 +181,7 @@ class Overlay:
             accepted[dst] = 1
             f.delays.append(t)
             if relays[dst]:
-                for nxt in adj[dst]:
-                    if nxt == src or not online[nxt] or accepted[nxt]:
-                        continue
-                    f.messages += 1
-                    d = delay()
-                    if d is None:
-                        f.lost += 1
-                        continue
-                    seq += 1
-                    push(heap, (t + d, seq, nxt, dst))
+                forward(dst, t, src)
         self.floods.append(f)
         return f
 

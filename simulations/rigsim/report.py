@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,28 +59,30 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return buf.getvalue()
 
 
-def measures_table(runs: Sequence[Run]) -> str:
+def _tidy(runs: Sequence[Run], extra: Sequence[str],
+          rows_of: Callable[[dict[str, Any]], Iterable[Sequence[Any]]]) -> str:
+    """One table: run, scenario, seed, every parameter, then `extra` columns per row."""
     params = list(runs[0].result["parameters"]) if runs else []
     rows = []
     for run in runs:
         r = run.result
         p = [r["parameters"][k] for k in params]
-        for name, value in r["measures"].items():
-            rows.append([run.id, r["scenario"], r["seed"], *p, name, value])
-    return _csv(["run", "scenario", "seed", *params, "measure", "value"], rows)
+        rows += [[run.id, r["scenario"], r["seed"], *p, *row] for row in rows_of(r)]
+    return _csv(["run", "scenario", "seed", *params, *extra], rows)
+
+
+def measures_table(runs: Sequence[Run]) -> str:
+    return _tidy(runs, ["measure", "value"], lambda r: r["measures"].items())
 
 
 def series_table(runs: Sequence[Run]) -> str:
-    params = list(runs[0].result["parameters"]) if runs else []
-    rows = []
-    for run in runs:
-        r = run.result
-        p = [r["parameters"][k] for k in params]
+    def rows(r: dict[str, Any]) -> Iterable[Sequence[Any]]:
         s = r["series"]
         for name in SERIES:
             for t, value in zip(s["t"], s[name], strict=True):
-                rows.append([run.id, r["scenario"], r["seed"], *p, name, t, value])
-    return _csv(["run", "scenario", "seed", *params, "measure", "t", "value"], rows)
+                yield name, t, value
+
+    return _tidy(runs, ["measure", "t", "value"], rows)
 
 
 def rentals_table(runs: Sequence[Run]) -> str:
