@@ -22,6 +22,7 @@ A verdict is evidence, not proof: the provider produces these readings (spec/tel
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -176,10 +177,51 @@ _KNOWN_KEYS = frozenset({"v", *TelemetrySample.KEYS.values()})
 _REQUIRED_KEYS = frozenset({"v", *(TelemetrySample.KEYS[a] for a in TelemetrySample.REQUIRED)})
 
 
+#: A sample with every reading (what NVML gives a node's sampler): its values in field order,
+#: then the version, fetched in one C call; their types checked in one tuple comparison.
+_read_every = operator.itemgetter(
+    *(TelemetrySample.KEYS[a] for a in _SAMPLE_FIELDS), "v"
+)
+_EVERY_TYPE = (*(str if _LIMITS[a][0] else int for a in _SAMPLE_FIELDS), int)
+assert _SAMPLE_FIELDS == (
+    "t_ms", "gpu_index", "uuid", "name", "mem_total_mib", "mem_used_mib", "util_gpu_pct",
+    "util_mem_pct", "temp_c", "power_mw", "sm_clock_mhz", "mem_clock_mhz", "job_procs",
+), "_accept_every reads the fields in this order"
+
+
+def _accept_every(d: dict[str, Any]) -> TelemetrySample | None:
+    """The sample with every reading, checked as `_LIMITS` says (None on any doubt)."""
+    if len(d) != len(_SAMPLE_FIELDS) + 1:
+        return None
+    try:
+        values = _read_every(d)  # with every key present and no other, the key set is exact
+    except KeyError:
+        return None
+    if tuple(map(type, values)) != _EVERY_TYPE:
+        return None
+    t, index, uuid, name, total, used, util, util_mem, temp, power, sm, mem, procs, v = values
+    if not (
+        v == SAMPLE_VERSION and min(t, index, total, used, power, sm, mem, procs) >= 0
+        and max(t, index, total, used, power, sm, mem, procs, temp) <= _MAX_INT
+        and 0 <= util <= 100 and 0 <= util_mem <= 100 and temp >= -273
+        and 0 < len(uuid) <= _MAX_STR and 0 < len(name) <= _MAX_STR
+    ):
+        return None
+    sample = object.__new__(TelemetrySample)
+    for attr, val in zip(_SAMPLE_FIELDS, values, strict=False):
+        object.__setattr__(sample, attr, val)
+    return sample
+
+
 def _accept_sample(d: object) -> TelemetrySample | None:
     """The usual sample in one pass; None on any doubt, and `from_cbor_map`'s checks decide,
     and name, the refusal (the same rules: `_LIMITS` is `_check_value` as a table)."""
-    if type(d) is not dict or not (_REQUIRED_KEYS <= d.keys() <= _KNOWN_KEYS):
+    if type(d) is not dict:
+        return None
+    every = _accept_every(d)
+    if every is not None:
+        return every
+    if not (_REQUIRED_KEYS <= d.keys() <= _KNOWN_KEYS):
         return None
     v = d["v"]
     if type(v) is not int or v != SAMPLE_VERSION:
