@@ -5,8 +5,8 @@
 
 The market is the shipped `baseline` scenario scaled to N peers: N/5 providers (about 2.5 GPUs
 each), 4N/5 renters, 0.6 N rentals asked for per hour (about a third of the GPUs busy on
-average over the hour, nearly half at the end), every default otherwise (30 s heartbeats, real message
-encoding and decoding, the escrow model, unsigned), no drain.
+average over the hour, nearly half at the end), every default otherwise (30 s heartbeats, real
+message encoding and decoding, the escrow model, unsigned), no drain.
 
 - 1,000 and 10,000 peers for the whole hour: wall and CPU seconds, simulated seconds per wall
   second, events, peak memory (each size in its own process, so each peak is its own), and the
