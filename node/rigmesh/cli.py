@@ -72,10 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="provider and renter on loopback, end to end").set_defaults(
         func=cmd_demo
     )
+    sub.add_parser("sim", help="the research simulator (rigmesh sim --help)", add_help=False)
     return p
 
 
+def cmd_sim(argv: list[str]) -> int:
+    # The simulator lives in the repository's simulations/ (not in the installed package), so
+    # this works from a source checkout with the dev install (pip install -e '.[sim]').
+    root = Path(__file__).resolve().parents[2] / "simulations"
+    if not (root / "rigsim").is_dir():
+        raise SystemExit("rigmesh sim: needs a source checkout (simulations/ not found)")
+    sys.path.insert(0, str(root))
+    from rigsim.cli import main as sim_main
+
+    return sim_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:  # everything after `sim` is the simulator's to parse
+        return cmd_sim(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -14,6 +14,10 @@ in-memory network. The flow of one gossiped offer (spec/p2p.md):
 Providers republish their live offers every `republish_interval` with a bumped seq (a new CID,
 so the network does not deduplicate it away). A joining node syncs its book from a few peers
 over ``/rigmesh/sync/1``; every node syncs from one random peer every `anti_entropy_interval`.
+
+The decisions (the verdict on a message and its penalty, sync paging and serving, the random
+phase of periodic duties) are `rigmesh.p2p.policy`'s, which the simulator calls too; this class
+performs them over a `Network` under trio.
 """
 
 from __future__ import annotations
@@ -25,17 +29,18 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from rigmesh.market.offer import MAX_OFFER_SIZE, Offer, SignedOffer
-from rigmesh.p2p import sync
+from rigmesh.market.offer import Offer, SignedOffer
+from rigmesh.p2p import policy, sync
 from rigmesh.p2p.network import SYNC_PROTOCOL, Network, NetworkError, Verdict, offer_topic
-from rigmesh.p2p.score import PeerScores, Penalizer, ScoreConfig, TokenBucket
-from rigmesh.wire.errors import RateLimited, Replayed, TooLarge, WireError
+from rigmesh.p2p.policy import SyncStats
+from rigmesh.p2p.score import PeerScores, Penalizer, ScoreConfig
+from rigmesh.wire.errors import WireError
 from rigmesh.wire.identity import PeerKey, peer_id_to_text
 
 if TYPE_CHECKING:
     from rigmesh.market.book import OfferBook
 
-#: Unix seconds now. A real node passes ``lambda: int(time.time())``; the simulator derives it
+#: Unix seconds now. A real node passes ``lambda: int(time.time())``; the memory network derives it
 #: from trio's virtual clock.
 Clock = Callable[[], int]
 EventSink = Callable[[dict[str, Any]], None]
@@ -61,16 +66,6 @@ class GossipConfig:
     scores: ScoreConfig = field(default_factory=ScoreConfig)
 
 
-@dataclass
-class SyncStats:
-    peer: bytes
-    pages: int = 0
-    added: int = 0
-    ignored: int = 0
-    rejected: int = 0
-    error: str | None = None
-
-
 class OfferGossip:
     def __init__(
         self,
@@ -93,7 +88,7 @@ class OfferGossip:
         self.scores = PeerScores(config.scores)
         #: Counts a rejected message against its sender (also used by peer exchange).
         self.penalize = Penalizer(network, self.scores, self._emit)
-        self._sync_buckets: dict[bytes, TokenBucket] = {}
+        self.sync_server = policy.SyncServer(config.chain_id, config.sync_rate)
         self._own: dict[tuple[bytes, int], Offer] = {}
         self._on_event = on_event
         #: Where a provider's seqs come from (listing -> the next seq, durably): its node's
@@ -129,8 +124,7 @@ class OfferGossip:
                 self._nursery = None
 
     async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
-        # A random phase keeps a thousand nodes started together from acting in lockstep.
-        await trio.sleep(self.rng.random() * interval)
+        await trio.sleep(policy.first_run(self.rng, interval))
         while True:
             await fn()
             await trio.sleep(interval)
@@ -158,7 +152,7 @@ class OfferGossip:
             for addr in bootstrap:
                 nursery.start_soon(dial, addr)
         peers = sorted(set(reached) | set(self.network.peers()))
-        chosen = self.rng.sample(peers, min(self.config.join_sync_peers, len(peers)))
+        chosen = policy.choose(self.rng, peers, self.config.join_sync_peers)
         enough = min(self.config.join_sync_enough, len(chosen))
         done = trio.Event()
         good = ended = 0
@@ -227,103 +221,70 @@ class OfferGossip:
 
     # --- receiving ------------------------------------------------------------------------
     async def _on_gossip(self, peer: bytes, data: bytes) -> Verdict:
-        if self.network.is_banned(peer):
-            return Verdict.REJECT
         now = self.clock()
         mono = trio.current_time()
-        if not self.scores.allow(peer, mono):
-            await self.penalize(peer, RateLimited("gossip rate"), mono)
-            return Verdict.IGNORE
-        try:
-            if len(data) > MAX_OFFER_SIZE:
-                raise TooLarge(f"{len(data)} bytes")
-            kind, signed = self.book.ingest(data, now)
-        except Replayed:
-            self.counters["replayed"] = self.counters.get("replayed", 0) + 1
-            return Verdict.IGNORE
-        except RateLimited:
-            # Our book is full, or the origin has too many listings: not the forwarder's fault.
-            self.counters["book_limited"] = self.counters.get("book_limited", 0) + 1
-            return Verdict.IGNORE
-        except WireError as exc:
-            await self.penalize(peer, exc, mono)
-            return Verdict.REJECT
-        self._emit("offer", cid=signed.cid, peer=peer_id_to_text(peer), result=kind.name,
-                   seq=signed.offer.seq)
-        return Verdict.ACCEPT
+        d = policy.judge_gossip(
+            self.scores, peer, len(data), lambda: self.book.ingest(data, now), mono=mono,
+            banned=self.network.is_banned(peer),
+        )
+        if d.penalty is not None:
+            await self.penalize(peer, d.penalty, mono)
+        if d.note is not None:
+            self.counters[d.note] = self.counters.get(d.note, 0) + 1
+        if d.outcome is not None:
+            kind, signed = d.outcome
+            self._emit("offer", cid=signed.cid, peer=peer_id_to_text(peer), result=kind.name,
+                       seq=signed.offer.seq)
+        return d.verdict
 
     # --- sync -----------------------------------------------------------------------------
     async def _serve_sync(self, peer: bytes, data: bytes) -> bytes:
         mono = trio.current_time()
-        bucket = self._sync_buckets.get(peer)
-        if bucket is None:
-            rate = self.config.sync_rate
-            bucket = self._sync_buckets[peer] = TokenBucket(rate, 5 * rate)
         try:
-            if not bucket.take(mono):
-                raise RateLimited("sync pages")
-            req = sync.decode_request(data, self.config.chain_id)
-            offers, cursor = self.book.page(req.after, req.limit)  # InvalidField: bad cursor
+            return self.sync_server.serve(peer, data, self.book, now=self.clock(), mono=mono)
         except WireError as exc:
             await self.penalize(peer, exc, mono)
             raise
-        now = self.clock()
-        # Expired offers the book still holds would only cost the requester a penalty check.
-        live = [o.encoded for o in offers if o.offer.expires > now]
-        return sync.SyncPage(offers=live, next=cursor).encode()
 
     async def sync_from(self, peer: bytes) -> SyncStats:
         """Page through `peer`'s book and ingest every offer; bounded by `sync_max_pages`.
 
         An error frame from the peer (it refused, it is overloaded) ends the sync without a
         penalty; silence past `sync_timeout`, a page we cannot decode, or invalid offers in it,
-        count against the peer.
+        count against the peer (`policy.SyncPager` decides which).
         """
-        stats = SyncStats(peer)
-        after: bytes | None = None
-        try:
-            for _ in range(self.config.sync_max_pages):
-                req = sync.SyncRequest(self.config.chain_id, after, self.config.sync_page)
+        pager = policy.SyncPager(
+            peer, self.config.chain_id, page_size=self.config.sync_page,
+            max_pages=self.config.sync_max_pages,
+        )
+        while (req := pager.request()) is not None:
+            try:
+                raw = await self.network.request(
+                    peer, SYNC_PROTOCOL, req.encode(),
+                    timeout=self.config.sync_timeout, max_response=sync.MAX_PAGE_SIZE,
+                )
+            except (WireError, NetworkError) as exc:
+                penalty = pager.failed(exc)
+                if penalty is not None:
+                    await self.penalize(peer, penalty, trio.current_time())
+                break
+            mono = trio.current_time()
+            try:
+                offers = pager.page(raw)
+            except WireError as exc:
+                await self.penalize(peer, exc, mono)
+                break
+            now = self.clock()
+            for data in offers:
                 try:
-                    raw = await self.network.request(
-                        peer, SYNC_PROTOCOL, req.encode(),
-                        timeout=self.config.sync_timeout, max_response=sync.MAX_PAGE_SIZE,
-                    )
+                    self.book.ingest(data, now)
+                    penalty = pager.offer(None)
                 except WireError as exc:
-                    # Silence (our deadline) or an answer over the limit is the peer's doing;
-                    # an error frame it sent (it refused, it is busy) is not held against it.
-                    if not exc.from_peer:
-                        stats.rejected += 1
-                        await self.penalize(peer, exc, trio.current_time())
-                    raise
-                mono = trio.current_time()
-                try:
-                    page = sync.decode_page(raw, req)
-                except WireError as exc:
-                    stats.rejected += 1
-                    await self.penalize(peer, exc, mono)
-                    raise
-                stats.pages += 1
-                now = self.clock()
-                for data in page.offers:
-                    try:
-                        self.book.ingest(data, now)
-                        stats.added += 1
-                    except Replayed:
-                        stats.ignored += 1
-                    except WireError as exc:
-                        # An offer may expire between the peer's check and ours: not the peer's
-                        # fault, which is why Expired's penalty is small.
-                        stats.rejected += 1
-                        if await self.penalize(peer, exc, mono):
-                            raise
-                if page.next is None:
+                    penalty = pager.offer(exc)
+                if penalty is not None and await self.penalize(peer, penalty, mono):
+                    pager.abort(penalty)
                     break
-                after = page.next
-        except WireError as exc:
-            stats.error = f"{exc.code.name}: {exc.detail}"
-        except NetworkError as exc:
-            stats.error = str(exc)
+        stats = pager.stats
         self._emit("synced", peer=peer_id_to_text(peer), pages=stats.pages, added=stats.added,
                    ignored=stats.ignored, rejected=stats.rejected, error=stats.error)
         return stats

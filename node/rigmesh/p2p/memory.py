@@ -1,6 +1,8 @@
 """In-memory `Network`: many nodes in one trio run, virtual time, seeded latency and loss.
 
-Used by unit tests and the simulator (`rigmesh.p2p.scenario`). Run it under
+Used by the shell's tests and benchmark (`rigmesh.p2p.scenario`): it runs the trio code itself
+(OfferGossip, PeerExchange). The research simulator (`simulations/rigsim`) runs the same
+decisions without trio, through `rigmesh.p2p.policy`. Run it under
 ``trio.testing.MockClock(autojump_threshold=0)`` and hours pass instantly.
 
 Determinism: every delivery goes through one event heap ordered by (virtual time, sequence

@@ -3,7 +3,8 @@
 Two implementations: `rigmesh.p2p.host.Libp2pNetwork` (py-libp2p over TCP, Noise, Yamux,
 GossipSub) and `rigmesh.p2p.memory.MemoryNetwork` (trio memory, virtual time, seeded loss and
 latency). Everything above this file (gossip, sync, negotiation) is written against `Network`
-only, so the simulator and the tests run the same code as a real node.
+only, so the tests run the same code as a real node (the simulator calls the decisions under it,
+`rigmesh.p2p.policy`).
 
 Peers are named by their 38-byte PeerId bytes (rigmesh.wire.identity), never by a library type.
 """

@@ -14,106 +14,58 @@ are connected at the moment, and of what they announced only the addresses on th
 connection comes from (`Network.remote_host`), at most `MAX_ADDRS` per peer. Malformed requests
 and answers count against the sender (`rigmesh.p2p.score.Penalizer`), as on sync.
 
-    peers_req = {v: 1, kind: "peers_req", addrs: [* tstr], limit: uint}
-    peers     = {v: 1, kind: "peers", peers: [* {peer: bstr, addrs: [* tstr]}]}
+The messages are in `rigmesh.p2p.pex` (re-exported here), the decisions (what to answer, whom to
+dial) in `rigmesh.p2p.policy`; this is the trio shell that performs them over a `Network`.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from rigmesh.p2p import framing
-from rigmesh.p2p.network import Network, NetworkError, host_of
-from rigmesh.p2p.score import PeerScores, Penalizer, TokenBucket
-from rigmesh.wire import fields, identity
-from rigmesh.wire.errors import InvalidField, Malformed, RateLimited, TooLarge, WireError
-from rigmesh.wire.message import open_envelope
-
-PROTOCOL = "/rigmesh/peers/1"
-REQ_KIND = "peers_req"
-ANSWER_KIND = "peers"
-MAX_PEERS = 32
-MAX_ADDRS = 4
-MAX_ADDR = 200
-MAX_REQ_SIZE = 1024
-#: 32 entries of a PeerId and 4 maximal addresses each, plus the envelope.
-MAX_ANSWER_SIZE = MAX_PEERS * (identity.PEER_ID_SIZE + MAX_ADDRS * (MAX_ADDR + 2) + 24) + 64
-_REQ_KEYS = frozenset({"v", "kind", "addrs", "limit"})
-_ANSWER_KEYS = frozenset({"v", "kind", "peers"})
-_ENTRY_KEYS = frozenset({"peer", "addrs"})
+from rigmesh.p2p import policy
+from rigmesh.p2p.network import Network, NetworkError
+from rigmesh.p2p.pex import (
+    ANSWER_KIND,
+    MAX_ADDR,
+    MAX_ADDRS,
+    MAX_ANSWER_SIZE,
+    MAX_PEERS,
+    MAX_REQ_SIZE,
+    PROTOCOL,
+    REQ_KIND,
+    PeerEntry,
+    PeersAnswer,
+    PeersRequest,
+    decode_answer,
+    decode_request,
+)
+from rigmesh.p2p.score import PeerScores, Penalizer
+from rigmesh.wire import identity
+from rigmesh.wire.errors import WireError
 
 EventSink = Callable[[dict[str, Any]], None]
 
-
-@dataclass(frozen=True)
-class PeersRequest:
-    addrs: tuple[str, ...]
-    """The asker's own listen addresses (may be empty: then it is not passed on)."""
-    limit: int
-
-    def encode(self) -> bytes:
-        return framing.envelope(REQ_KIND, {"addrs": list(self.addrs), "limit": self.limit})
-
-
-@dataclass(frozen=True)
-class PeerEntry:
-    peer: bytes
-    addrs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PeersAnswer:
-    peers: tuple[PeerEntry, ...]
-
-    def encode(self) -> bytes:
-        entries = [{"peer": e.peer, "addrs": list(e.addrs)} for e in self.peers]
-        return framing.envelope(ANSWER_KIND, {"peers": entries})
-
-
-def _addrs(m: dict[str, Any], *, min_count: int) -> tuple[str, ...]:
-    v = m["addrs"]
-    if type(v) is not list:
-        raise Malformed("addrs: expected array")
-    if not min_count <= len(v) <= MAX_ADDRS:
-        raise InvalidField(f"addrs: {len(v)} addresses, expected {min_count}..{MAX_ADDRS}")
-    for a in v:
-        if type(a) is not str:
-            raise Malformed("addrs: expected array of text")
-        if not 0 < len(a.encode()) <= MAX_ADDR:
-            raise InvalidField(f"addrs: an address of 1..{MAX_ADDR} bytes expected")
-    return tuple(v)
-
-
-def decode_request(data: bytes) -> PeersRequest:
-    m = open_envelope(data, max_size=MAX_REQ_SIZE, kinds=frozenset({REQ_KIND}))
-    fields.exact_keys(m, _REQ_KEYS, REQ_KIND)
-    return PeersRequest(
-        addrs=_addrs(m, min_count=0), limit=fields.uint(m, "limit", low=1, high=MAX_PEERS)
-    )
-
-
-def decode_answer(data: bytes, limit: int) -> PeersAnswer:
-    m = open_envelope(data, max_size=MAX_ANSWER_SIZE, kinds=frozenset({ANSWER_KIND}))
-    fields.exact_keys(m, _ANSWER_KEYS, ANSWER_KIND)
-    raw = m["peers"]
-    if type(raw) is not list:
-        raise Malformed("peers: expected array")
-    if len(raw) > limit:
-        raise TooLarge(f"{len(raw)} peers > requested {limit}")
-    entries = []
-    for e in raw:
-        if type(e) is not dict:
-            raise Malformed("peers: expected array of maps")
-        fields.exact_keys(e, _ENTRY_KEYS, "peer entry")
-        peer = fields.fixed_bytes(e, "peer", identity.PEER_ID_SIZE)
-        identity.public_key_from_peer_id(peer)
-        entries.append(PeerEntry(peer, _addrs(e, min_count=1)))
-    return PeersAnswer(tuple(entries))
+#: The codec lived here first; its names stay importable from this module.
+__all__ = [
+    "ANSWER_KIND",
+    "MAX_ADDR",
+    "MAX_ADDRS",
+    "MAX_ANSWER_SIZE",
+    "MAX_PEERS",
+    "MAX_REQ_SIZE",
+    "PROTOCOL",
+    "REQ_KIND",
+    "PeerEntry",
+    "PeerExchange",
+    "PeersAnswer",
+    "PeersRequest",
+    "decode_answer",
+    "decode_request",
+]
 
 
 class PeerExchange:
@@ -138,8 +90,7 @@ class PeerExchange:
         self.rate = rate
         """Requests a second we answer one peer, sustained (burst: 5)."""
         self.rng = rng or random.Random()
-        self._announced: dict[bytes, tuple[str, ...]] = {}
-        self._buckets: dict[bytes, TokenBucket] = {}
+        self.table = policy.PeerTable(rate)
         self._on_event = on_event
         self.penalize = penalize or Penalizer(network, PeerScores())
 
@@ -152,46 +103,27 @@ class PeerExchange:
 
     async def run(self) -> None:
         """Ask again every `interval` while below `target`; run in the node's nursery."""
-        await trio.sleep(self.rng.random() * self.interval)  # no lockstep across nodes
+        await trio.sleep(policy.first_run(self.rng, self.interval))
         while True:
             await self.top_up()
             await trio.sleep(self.interval)
 
     async def _serve(self, peer: bytes, data: bytes) -> bytes:
         mono = trio.current_time()
-        bucket = self._buckets.get(peer)
-        if bucket is None:
-            bucket = self._buckets[peer] = TokenBucket(self.rate, 5.0)
         try:
-            if not bucket.take(mono):
-                raise RateLimited("peer exchange")
-            req = decode_request(data)
+            return self.table.serve(
+                peer, data, connected=set(self.network.peers()),
+                host=self.network.remote_host(peer), rng=self.rng, mono=mono,
+            )
         except WireError as exc:
             await self.penalize(peer, exc, mono)
             raise
-        connected = set(self.network.peers())
-        # Forget peers that left, so the table stays as small as our connection list.
-        for gone in [p for p in self._announced if p not in connected]:
-            del self._announced[gone]
-        for gone in [p for p in self._buckets if p not in connected and p != peer]:
-            del self._buckets[gone]
-        # Only what the asker's own connection vouches for is passed on: an address on another
-        # host would have later askers dial whatever the asker named.
-        host = self.network.remote_host(peer)
-        vouched = tuple(dict.fromkeys(a for a in req.addrs if host_of(a) == host))[:MAX_ADDRS]
-        if vouched:
-            self._announced[peer] = vouched
-        else:
-            self._announced.pop(peer, None)
-        known = sorted(p for p in self._announced if p != peer)
-        chosen = self.rng.sample(known, min(req.limit, len(known)))
-        return PeersAnswer(tuple(PeerEntry(p, self._announced[p]) for p in chosen)).encode()
 
     async def top_up(self) -> int:
         """If below `target`, ask one random connected peer and dial what it names. Returns the
         number of new connections."""
         peers = self.network.peers()
-        if not peers or len(peers) >= self.target:
+        if not policy.wants_peers(len(peers), self.target):
             return 0
         return await self.exchange(self.rng.choice(peers))
 
@@ -211,21 +143,14 @@ class PeerExchange:
             if isinstance(exc, WireError) and not exc.from_peer:
                 await self.penalize(peer, exc, trio.current_time())
             return 0
-        connected = set(self.network.peers())
-        me = self.network.peer_id
-        fresh = [
-            e for e in answer.peers
-            if e.peer != me and e.peer not in connected and not self.network.is_banned(e.peer)
-        ]
-        room = max(0, self.target - len(connected))
+        chosen = policy.to_dial(
+            answer, me=self.network.peer_id, connected=set(self.network.peers()),
+            is_banned=self.network.is_banned, target=self.target,
+        )
         dialled: list[bytes] = []
 
         async def dial(entry: PeerEntry) -> None:
-            text = identity.peer_id_to_text(entry.peer)
-            for addr in entry.addrs:
-                # The address must name the peer it is announced for; the dial proves it.
-                if not addr.endswith(text):
-                    continue
+            for addr in policy.dial_addrs(entry):
                 try:
                     if await self.network.connect(addr) == entry.peer:
                         dialled.append(entry.peer)
@@ -234,7 +159,7 @@ class PeerExchange:
                     continue
 
         async with trio.open_nursery() as nursery:
-            for entry in fresh[:room]:
+            for entry in chosen:
                 nursery.start_soon(dial, entry)
         self._emit("peers_learned", peer=identity.peer_id_to_text(peer), offered=len(answer.peers),
                    dialled=len(dialled))

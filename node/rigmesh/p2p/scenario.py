@@ -1,4 +1,4 @@
-"""Gossip scenarios on the in-memory network, in virtual time (tests, simulations/, the bench).
+"""Gossip scenarios on the in-memory network, in virtual time (the p2p tests and the bench).
 
 `Sim` builds nodes (in-memory network + offer book + gossip) with keys derived from the seed,
 wires them as a random graph and logs every gossip event with its virtual time. `run_sim` runs

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from rigmesh.rental.codes import CloseReason, RejectReason
 from rigmesh.rental.evidence import TelemetrySample
 from rigmesh.rental.receipt import MAX_RECEIPT_SIZE
+from rigmesh.rental.receipt import SHAPE as RECEIPT_SHAPE
 from rigmesh.rental.workload import (
     MAX_FILE_NAME,
     FileDigest,
@@ -38,7 +39,7 @@ from rigmesh.rental.workload import (
     read_files,
 )
 from rigmesh.wire import cbor, eip712, fields, identity
-from rigmesh.wire.errors import InvalidField, Malformed, TooLarge
+from rigmesh.wire.errors import InvalidField, Malformed, TooLarge, WireError
 from rigmesh.wire.message import PROTOCOL_VERSION, open_envelope, received_signing_input
 
 PROPOSAL, COUNTER, AGREEMENT, REJECT, FUND, ACK = (
@@ -561,6 +562,9 @@ def read_agreement(data: bytes) -> SignedAgreement:
 
 def read_heartbeat(data: bytes) -> tuple[SignedHeartbeat, bytes]:
     """The heartbeat and its signing input."""
+    fast = _fast_heartbeat(data)
+    if fast is not None:
+        return fast
     m = open_envelope(data, max_size=MAX_HEARTBEAT_SIZE, kinds=frozenset({HEARTBEAT}))
     hb, sig = parse_heartbeat(m)
     return SignedHeartbeat(hb, sig, bytes(data)), received_signing_input(data, m)
@@ -638,8 +642,70 @@ _SIZES = {
 }
 
 
+# -- Fast paths: the usual heartbeat and every receipt, decoded by cbrrr behind a `cbor.Shape` --
+# A heartbeat and its receipt cross the network every interval of every rental, and the strict
+# decoder's head scan costs more than the rest of their handling. Input that matches the shape
+# (exactly that structure, every length tied to its payload) is decoded by cbrrr and read by the
+# same parser, which checks every value's type; any refusal on the way reads again by the strict
+# path, so an error is always the one it names (tests/rental/test_fast_decode.py holds both
+# paths to the same outcome).
+
+_SHAPE_INT = cbor.shape_either(
+    cbor.SHAPE_UINT, rb"(?:[\x20-\x37]|\x38.|\x39.{2}|\x3a.{4}|\x3b.{8})"
+)
+
+
+def _heartbeat_shape() -> cbor.Shape:
+    """A heartbeat of a running job (no outputs, no exit code) whose samples carry every NVML
+    reading, with or without the runner's process count: what a node's sampler sends."""
+    uint, text = cbor.SHAPE_UINT, cbor.shape_text(1, 128)
+    base = {"v": cbor.shape_literal(1), "t": uint, "i": uint, "u": text, "n": text, "mt": uint,
+            "mu": uint, "ug": uint, "um": uint, "tc": _SHAPE_INT, "pw": uint, "cs": uint,
+            "cm": uint}
+    sample = cbor.shape_either(cbor.shape_map({**base, "jp": uint}), cbor.shape_map(base))
+    gpus = cbor.shape_either(*(
+        bytes((0x80 | n,)) + (b"(?:" + sample + b"){%d}" % n if n else b"")
+        for n in range(MAX_SAMPLES + 1)
+    ))
+    job = cbor.shape_map({"state": uint, "exit": cbor.SHAPE_NULL, "outputs": b"\x80"})
+    return cbor.Shape(cbor.shape_map({
+        "v": cbor.shape_literal(PROTOCOL_VERSION), "kind": cbor.shape_literal(HEARTBEAT),
+        "rental_id": cbor.shape_bytes(HASH_SIZE), "seq": uint, "prev": cbor.shape_bytes(HASH_SIZE),
+        "time": uint, "uptime": uint, "receipt_seq": uint, "job": job, "gpus": gpus,
+        "sig": cbor.shape_bytes(64),
+    }))  # fmt: skip
+
+
+_HEARTBEAT_SHAPE = _heartbeat_shape()
+
+
+def _fast(data: bytes, kind: str, shape: cbor.Shape) -> dict[str, Any] | None:
+    """`data` decoded by cbrrr if it matches `shape` and is a message of `kind`, else None."""
+    if type(data) is not bytes or len(data) > _SIZES[kind]:
+        return None
+    m = shape.decode(data)
+    if type(m) is dict and type(m.get("v")) is int and m["v"] == PROTOCOL_VERSION and (
+        m.get("kind") == kind
+    ):
+        return m
+    return None
+
+
+def _fast_heartbeat(data: bytes) -> tuple[SignedHeartbeat, bytes] | None:
+    m = _fast(data, HEARTBEAT, _HEARTBEAT_SHAPE)
+    if m is None:
+        return None
+    try:
+        hb, sig = parse_heartbeat(m)
+    except WireError:
+        return None  # the strict path decides, and names, the refusal
+    return SignedHeartbeat(hb, sig, data), received_signing_input(data, m)
+
+
 def kind_of(data: bytes, kinds: frozenset[str]) -> str:
     """Which of `kinds` `data` is (strictly decoded; its reader checks the rest)."""
+    if RECEIPT in kinds and _fast(data, RECEIPT, RECEIPT_SHAPE) is not None:
+        return RECEIPT
     m = open_envelope(data, max_size=max(_SIZES[k] for k in kinds), kinds=kinds)
     return m["kind"]
 
@@ -648,6 +714,10 @@ def read_any(data: bytes, kinds: frozenset[str]) -> Any:
     """Whichever of `kinds` `data` is: a `SignedProposal`, `SignedAgreement`, (`SignedHeartbeat`,
     signing input) or one of the small kinds. One decode, then the kind's size limit and reader.
     """
+    if HEARTBEAT in kinds:
+        fast = _fast_heartbeat(data)
+        if fast is not None:
+            return fast
     m = open_envelope(data, max_size=max(_SIZES[k] for k in kinds), kinds=kinds)
     kind = m["kind"]
     if len(data) > _SIZES[kind]:

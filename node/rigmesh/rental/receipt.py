@@ -16,7 +16,7 @@ from typing import Any
 
 from rigmesh.wire import cbor, eip712, fields
 from rigmesh.wire.errors import InvalidField, Replayed, WrongChain
-from rigmesh.wire.message import PROTOCOL_VERSION, open_envelope
+from rigmesh.wire.message import PROTOCOL_VERSION, open_typed
 
 KIND = "receipt"
 MAX_RECEIPT_SIZE = 512
@@ -73,16 +73,9 @@ def sign_receipt(
     return SignedReceipt(chain_id, escrow, receipt, signer.sign_digest(unsigned.digest()))
 
 
-def decode_receipt(
-    data: bytes, *, chain_id: int, escrow: bytes, signer: bytes, verify: bool = True
-) -> SignedReceipt:
-    """Decode a receipt for the rental whose escrow domain is (chain_id, escrow) and whose
-    receipt signer is `signer`. Raises WrongChain for another domain, BadSignature for any other
-    signer (or a high-s or malformed signature), and the usual decoding errors. `verify=False`
-    skips the signature (rental/crypto.py's UNSIGNED, for simulations only)."""
-    m = open_envelope(data, max_size=MAX_RECEIPT_SIZE, kinds=frozenset({KIND}))
+def _parse(m: dict[str, Any]) -> SignedReceipt:
     fields.exact_keys(m, _KEYS, "receipt")
-    sr = SignedReceipt(
+    return SignedReceipt(
         chain_id=fields.uint(m, "chain_id", low=1),
         escrow=fields.fixed_bytes(m, "escrow", 20),
         receipt=eip712.Receipt(
@@ -94,6 +87,27 @@ def decode_receipt(
         ),
         sig=fields.fixed_bytes(m, "sig", 65),
     )
+
+
+#: Every receipt's layout (`cbor.Shape`): a matching one is decoded by cbrrr and read by
+#: `_parse`, which checks the type of every value; anything else takes the strict decoder,
+#: which names the fault. One receipt answers every heartbeat, on both sides of a rental.
+SHAPE = cbor.Shape(cbor.shape_map({
+    "v": cbor.shape_literal(PROTOCOL_VERSION), "kind": cbor.shape_literal(KIND),
+    "chain_id": cbor.SHAPE_UINT, "escrow": cbor.shape_bytes(20), "rental_id": cbor.shape_bytes(32),
+    "seq": cbor.SHAPE_UINT, "uptime_seconds": cbor.SHAPE_UINT, "amount": cbor.shape_bytes(0, 32),
+    "evidence": cbor.shape_bytes(32), "sig": cbor.shape_bytes(65),
+}))  # fmt: skip
+
+
+def decode_receipt(
+    data: bytes, *, chain_id: int, escrow: bytes, signer: bytes, verify: bool = True
+) -> SignedReceipt:
+    """Decode a receipt for the rental whose escrow domain is (chain_id, escrow) and whose
+    receipt signer is `signer`. Raises WrongChain for another domain, BadSignature for any other
+    signer (or a high-s or malformed signature), and the usual decoding errors. `verify=False`
+    skips the signature (rental/crypto.py's UNSIGNED, for simulations only)."""
+    _, sr = open_typed(data, max_size=MAX_RECEIPT_SIZE, kind=KIND, shape=SHAPE, parse=_parse)
     if sr.chain_id != chain_id or sr.escrow != escrow:
         raise WrongChain(f"receipt for chain {sr.chain_id} escrow 0x{sr.escrow.hex()}")
     if verify:
