@@ -195,6 +195,11 @@ class Jobs:
             )
             async with self.runner.start(spec) as job:
                 running.job = job
+                if self.sampler is not None:
+                    # The first heartbeat follows the start at once: it carries evidence too.
+                    # The root process runs once start() returned; the runner may not have
+                    # counted the tree yet.
+                    self.on_samples(rid, self.sampler(lambda: max(1, job.live_processes())))
                 await self.on_started(rid)
                 async with trio.open_nursery() as watch:
                     watch.start_soon(self._pump, running, job)

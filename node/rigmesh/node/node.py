@@ -154,6 +154,7 @@ class Node:
         self._wakeups: dict[bytes, int] = {}
         self._heap: list[tuple[int, bytes]] = []
         self._wake = trio.Event()
+        self._stepped = trio.Event()  # set (and replaced) after each persisted step
         self._subscribers: list[trio.MemorySendChannel[NodeEvent]] = []
         self._nursery: trio.Nursery | None = None
         self.output_offsets: dict[bytes, int] = {}
@@ -225,6 +226,8 @@ class Node:
         )])
         for kind, _ in records:
             self.faults.hit(f"after-persist:{kind}")
+        self._stepped.set()
+        self._stepped = trio.Event()
         t = engine.next_wakeup()
         if t is None:
             self._wakeups.pop(key, None)
@@ -296,17 +299,14 @@ class Node:
 
     async def wait_until(self, key: bytes, done: Callable[[Engine], bool],
                          timeout: float = 60.0) -> Engine:
-        """Wait (events, not sleeps: every step of the rental re-checks) until `done`."""
+        """Wait until `done(engine)`: re-checked after every step of any rental (events, not
+        sleeps)."""
         with trio.fail_after(timeout):
             while True:
                 engine = self.engine(key)
                 if engine is not None and done(engine):
                     return engine
-                async with self.events() as events:
-                    engine = self.engine(key)
-                    if engine is not None and done(engine):
-                        return engine
-                    await events.receive()
+                await self._stepped.wait()
 
     # -- requests to the peer --------------------------------------------------------------------
 
@@ -793,12 +793,14 @@ async def open_node(config: NodeConfig, *, chain: EmbeddedChain | None = None
     ledger = Ledger(config.home / "ledger.sqlite3")
     escrow = _chain_client(config, chain, ledger)
     try:
-        await escrow.chain_time()  # refuses at once if the chain is not there
+        # Refuses at once if the chain is not there; anchors the clock before anything reads it.
+        chain_time = await escrow.chain_time()
         async with (
             open_libp2p_network(config.keys.peer, config.listen, mdns=config.mdns) as net,
             trio.open_nursery() as nursery,
         ):
             node = Node(config, net, ledger, escrow)
+            node.watcher.chain_time = chain_time
             node._nursery = nursery
             nursery.start_soon(node.writer.run)
             node.store.load(node.book, node.now())

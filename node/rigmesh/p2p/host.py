@@ -387,6 +387,12 @@ class Libp2pNetwork:
         except trio.TooSlowError:
             if stream is not None:
                 await _reset(stream)
+            else:
+                # Not even a stream opened: the connection is dead (a peer gone without
+                # closing it). Drop it, so that the next request dials afresh.
+                with trio.CancelScope(shield=True), trio.move_on_after(2), \
+                        contextlib.suppress(Exception):
+                    await self.host.disconnect(ID(peer))
             raise Timeout(f"{protocol}: no response in {timeout}s") from None
         with contextlib.suppress(Exception):
             await stream.close()  # type: ignore[union-attr]
@@ -445,4 +451,9 @@ async def _running(net: Libp2pNetwork, addrs: list[multiaddr.Multiaddr]) -> Asyn
             yield
         finally:
             net._nursery = None
+            # host.run cancels the swarm without closing its connections: close them (and its
+            # listeners) so that peers see this node leave at once (a peer holding a dead
+            # connection would open its next stream on it and wait) and no socket outlives it.
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await net.host.get_network().close()
             nursery.cancel_scope.cancel()

@@ -1,0 +1,329 @@
+"""Every way a rental between two nodes can go wrong, with exact balances.
+
+Two real nodes in this process on the embedded chain (libp2p on loopback, the escrow contract,
+the ledger on disk, jobs as real subprocesses). Each test notes what both parties hold in the
+test stablecoin (wallet plus escrow balance) before the rental and checks after it that the
+renter lost exactly what the provider gained, that this is what the chain says was paid, and that
+the paid amount respects the party's loss bound (spec/rental.md, "Loss bounds").
+
+"Killed" here means the node's `open_node` block is left at once (its tasks cancelled, its jobs
+stopped); the crash matrix (test_crash.py) kills node processes with SIGKILL instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from collections.abc import AsyncIterator, Callable
+
+import trio
+
+from rigmesh.escrow.model import Status
+from rigmesh.market.offer import SignedOffer
+from rigmesh.node import NodeConfig, ProviderSettings, open_node
+from rigmesh.node.node import USAGE_LIMIT, Engine, Node, NodeEvent
+from rigmesh.p2p.network import USAGE_PROTOCOL
+from rigmesh.rental.codes import CloseReason
+from rigmesh.rental.evidence import TelemetrySample
+from rigmesh.rental.money import Budget
+from rigmesh.rental.policy import RenterWants
+from rigmesh.rental.usage import UseState
+from rigmesh.rental.workload import Workload
+from rigmesh.store.keys import NodeKeys
+from tests.node.conftest import INTERVAL, PRICE, TIMERS, Net, an_offer, job, new_keys, wants
+
+
+def closed(e: Engine) -> bool:
+    return e.use is not None and e.use.state is UseState.CLOSED
+
+
+def running_with(amount: int) -> Callable[[Engine], bool]:
+    """Running, with a receipt for at least `amount` signed (renter) or held (provider)."""
+    return lambda e: (e.use is not None and e.use.state is UseState.RUNNING
+                      and e.use.amount >= amount)
+
+
+async def holdings(node: Node, account: bytes) -> int:
+    """What `account` holds of the stablecoin: its wallet plus its free escrow balance."""
+    sync = node.escrow.sync
+    return await trio.to_thread.run_sync(
+        lambda: sync.token_balance(node.token, account) + sync.balance_of(node.token, account),
+        limiter=node.escrow.limiter)
+
+
+@dataclasses.dataclass
+class Parties:
+    """A provider and a renter whose nodes the test starts and stops at will (each node runs
+    in a task of its own, so either can stop first)."""
+
+    net: Net
+    pkeys: NodeKeys
+    rkeys: NodeKeys
+    provider_settings: ProviderSettings
+    nursery: trio.Nursery
+    provider: Node | None = None
+    renter: Node | None = None
+    before: tuple[int, int] = (0, 0)
+    _stops: dict[str, tuple[trio.Event, trio.Event]] = dataclasses.field(default_factory=dict)
+
+    def _config(self, role: str) -> NodeConfig:
+        if role == "provider":
+            return self.net.config("provider", self.pkeys, provider=self.provider_settings)
+        assert self.provider is not None
+        return self.net.config("renter", self.rkeys, bootstrap=tuple(self.provider.addrs()))
+
+    async def _run(self, role: str, task_status: trio.TaskStatus[Node]) -> None:
+        stop, stopped = self._stops[role] = trio.Event(), trio.Event()
+        try:
+            async with open_node(self._config(role), chain=self.net.chain) as node:
+                task_status.started(node)
+                await stop.wait()
+        finally:
+            stopped.set()
+
+    async def start(self, role: str) -> Node:
+        node: Node = await self.nursery.start(self._run, role)
+        setattr(self, role, node)
+        return node
+
+    async def stop(self, role: str) -> None:
+        """The node leaves (its tasks cancelled, its jobs stopped); its ledger stays."""
+        stop, stopped = self._stops.pop(role)
+        stop.set()
+        await stopped.wait()
+
+    async def books(self) -> tuple[int, int]:
+        """(renter's holdings, provider's holdings), read through whichever node is up."""
+        node = self.renter or self.provider
+        assert node is not None
+        return (await holdings(node, self.rkeys.account.address),
+                await holdings(node, self.pkeys.account.address))
+
+    async def settled(self, node: Node, key: bytes, reason: CloseReason) -> tuple[int, int]:
+        """Wait for `node`'s side of the rental to close by `reason`; check the chain agrees and
+        that the stablecoin moved from renter to provider by exactly what was paid."""
+        engine = await node.wait_until(key, closed, timeout=90)
+        use = engine.use
+        assert use is not None and use.settled is not None, use
+        assert use.ended_by() is reason, (use.ended_by(), reason)
+        paid, refunded = use.settled
+        assert paid + refunded == use.deposit
+        state = await node.escrow.rental_state(use.rental_id)
+        assert state.status is Status.CLOSED and state.paid == paid
+        renter_now, provider_now = await self.books()
+        assert renter_now == self.before[0] - paid
+        assert provider_now == self.before[1] + paid
+        return paid, refunded
+
+
+@contextlib.asynccontextmanager
+async def parties(net: Net, **policy: object) -> AsyncIterator[Parties]:
+    pkeys, rkeys = new_keys(), new_keys()
+    net.chain.fund(pkeys.account.address, wei=10**18)
+    net.chain.fund(rkeys.account.address, wei=10**18, tokens=10**12)
+    async with trio.open_nursery() as nursery:
+        yield Parties(net, pkeys, rkeys, net.provider_settings(**policy), nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def started(p: Parties) -> tuple[Node, Node, SignedOffer]:
+    provider = await p.start("provider")
+    renter = await p.start("renter")
+    p.before = await p.books()
+    return provider, renter, await an_offer(renter)
+
+
+async def collect(node: Node, into: list[NodeEvent],
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep every event `node` tells its user (the notices with their reasons)."""
+    async with node.events() as events:
+        task_status.started()
+        async for event in events:
+            into.append(event)
+
+
+async def advance_chain(net: Net, node: Node, seconds: int) -> None:
+    await trio.to_thread.run_sync(net.chain.advance, seconds, limiter=node.escrow.limiter)
+
+
+# -- the job itself ends the rental -----------------------------------------------------------
+
+
+async def test_job_exits_early_renter_pays_its_uptime(net: Net) -> None:
+    async with parties(net) as p:
+        _provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job("import time; time.sleep(3); raise SystemExit(3)"),
+                                             seconds=30))
+        paid, refunded = await p.settled(renter, key, CloseReason.JOB_EXITED)
+        use = renter.engine(key).use  # type: ignore[union-attr]
+        assert use is not None and use.last is not None
+        last = use.last.heartbeat
+        assert last.exit == 3
+        # The renter paid exactly its last receipt: the final heartbeat's uptime at the price.
+        assert paid == use.amount == PRICE * last.uptime
+        assert 3 <= last.uptime <= 3 + INTERVAL + 2
+        assert refunded == PRICE * 30 - paid
+
+
+async def test_job_breaking_its_process_limit_ends_the_rental(net: Net) -> None:
+    # The runner allows 256 processes per job; this job starts 300.
+    code = ("import subprocess, time\n"
+            "ps = [subprocess.Popen(['sleep', '30']) for _ in range(300)]\n"
+            "time.sleep(30)\n")
+    async with parties(net) as p:
+        _provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job(code), seconds=30))
+        paid, _ = await p.settled(renter, key, CloseReason.JOB_LIMIT)
+        use = renter.engine(key).use  # type: ignore[union-attr]
+        assert use is not None and use.last is not None
+        assert paid == PRICE * use.last.heartbeat.uptime
+
+
+# -- one side goes away -----------------------------------------------------------------------
+
+
+async def test_renter_vanishes_provider_settles_with_the_last_receipt(net: Net) -> None:
+    async with parties(net) as p:
+        provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job("import time; time.sleep(60)"), seconds=30))
+        await provider.wait_until(key, running_with(2 * PRICE), timeout=30)
+        await p.stop("renter")
+        signed = renter.engine(key).use.amount  # type: ignore[union-attr]
+        p.renter = None
+        paid, _ = await p.settled(provider, key, CloseReason.RECEIPT_MISSED)
+        use = provider.engine(key).use  # type: ignore[union-attr]
+        assert use is not None and use.last is not None
+        # Paid: the best receipt it held (the renter may have signed one more that never
+        # reached it). Lost: what ran after it, at most interval + grace.
+        assert 2 * PRICE <= paid == use.amount <= signed
+        unpaid_seconds = use.last.heartbeat.uptime - paid // PRICE
+        assert 0 <= unpaid_seconds <= INTERVAL + TIMERS.grace_seconds
+
+
+async def test_provider_vanishes_renter_closes_and_pays_only_what_was_claimed(net: Net) -> None:
+    async with parties(net) as p:
+        _provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job("import time; time.sleep(60)"), seconds=30))
+        await renter.wait_until(key, running_with(2 * PRICE), timeout=30)
+        await p.stop("provider")
+        p.provider = None
+        signed = renter.engine(key).use.amount  # type: ignore[union-attr]
+        # Heartbeats stop: the renter asks the escrow to close and waits out the window.
+        await renter.wait_until(key, lambda e: e.use is not None and e.use.close_requested,
+                                timeout=30)
+        await advance_chain(net, renter, TIMERS.challenge_window + 2)
+        paid, refunded = await p.settled(renter, key, CloseReason.HEARTBEAT_MISSED)
+        # The provider never settled: it gets what it had claimed (nothing), never more than
+        # the renter signed for.
+        assert paid <= signed
+        assert paid == 0 and refunded == PRICE * 30
+
+
+async def test_provider_that_never_starts_costs_the_renter_nothing(net: Net) -> None:
+    async with parties(net) as p:
+        _provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job("print('never runs')"), seconds=30))
+        await renter.wait_until(key, lambda e: e.use is not None, timeout=30)  # funded
+        await p.stop("provider")
+        p.provider = None
+        await advance_chain(net, renter, TIMERS.start_seconds + 1)
+        await renter.wait_until(key, lambda e: e.use is not None and e.use.close_requested,
+                                timeout=30)
+        await advance_chain(net, renter, TIMERS.challenge_window + 2)
+        paid, refunded = await p.settled(renter, key, CloseReason.NEVER_STARTED)
+        assert (paid, refunded) == (0, PRICE * 30)
+
+
+async def test_receipts_late_provider_stops_and_keeps_the_last_in_time(net: Net) -> None:
+    async with parties(net) as p:
+        provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job("import time; time.sleep(60)"), seconds=30))
+        await provider.wait_until(key, running_with(PRICE), timeout=30)
+        # From now on the renter's receipts reach the provider 4 s late (grace is 2 s):
+        # a renter whose link is too slow.
+        slow = renter.net  # the renter's libp2p network: its usage handler replaced
+
+        async def late(peer: bytes, data: bytes) -> bytes:
+            reply = await renter._on_usage(peer, data)  # signed (and kept) in time...
+            await trio.sleep(4)  # ...delivered late
+            return reply
+
+        slow.serve(USAGE_PROTOCOL, late, max_request=USAGE_LIMIT)
+        paid, _ = await p.settled(provider, key, CloseReason.RECEIPT_MISSED)
+        use = provider.engine(key).use  # type: ignore[union-attr]
+        signed = renter.engine(key).use.amount  # type: ignore[union-attr]
+        assert use is not None and use.last is not None
+        assert PRICE <= paid == use.amount <= signed
+        assert use.last.heartbeat.uptime - paid // PRICE <= INTERVAL + TIMERS.grace_seconds
+
+
+# -- one side restarts ------------------------------------------------------------------------
+
+
+async def test_provider_restart_loses_the_job_and_is_paid_every_receipt(net: Net) -> None:
+    async with parties(net) as p:
+        provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job("import time; time.sleep(60)"), seconds=30))
+        await provider.wait_until(key, running_with(2 * PRICE), timeout=30)
+        await p.stop("provider")
+        held = provider.engine(key).use.amount  # type: ignore[union-attr]
+        provider = await p.start("provider")
+        paid, _ = await p.settled(provider, key, CloseReason.PROVIDER_RESTARTED)
+        assert paid >= held
+        renter_use = (await renter.wait_until(key, closed, timeout=30)).use
+        assert renter_use is not None
+        assert paid == renter_use.amount  # exactly what the renter signed
+
+
+async def test_renter_restart_resumes_the_rental(net: Net) -> None:
+    timers = dataclasses.replace(TIMERS, grace_seconds=6)
+    long_wants = RenterWants(
+        workload=job("import time; time.sleep(8); print('done')"), seconds=30, max_price=PRICE,
+        budget=Budget(cap=PRICE * 30), timers=timers)
+    async with parties(net) as p:
+        _provider, renter, offer = await started(p)
+        key = await renter.rent(offer, long_wants)
+        await renter.wait_until(key, running_with(PRICE), timeout=30)
+        await p.stop("renter")
+        renter = await p.start("renter")
+        paid, _refunded = await p.settled(renter, key, CloseReason.JOB_EXITED)
+        use = renter.engine(key).use  # type: ignore[union-attr]
+        assert use is not None and use.last is not None
+        assert paid == PRICE * use.last.heartbeat.uptime >= PRICE * 8
+
+
+# -- a provider that lies ---------------------------------------------------------------------
+
+
+def _lying(samples: list[TelemetrySample]) -> list[TelemetrySample]:
+    """What a provider renting out a smaller GPU than it offered would report."""
+    return [dataclasses.replace(s, name="NVIDIA GeForce RTX 3060", mem_total_mib=12288)
+            for s in samples]
+
+
+async def test_heartbeat_lying_about_its_gpu_is_never_paid(net: Net) -> None:
+    gpu_job = Workload("command", (sys.executable, "-c", "import time; time.sleep(60)"), 1)
+    async with parties(net) as p:
+        p.provider_settings = dataclasses.replace(p.provider_settings, gpu_source="recorded-h100")
+        provider, renter, offer = await started(p)
+        assert provider.jobs is not None and provider.jobs.sampler is not None
+        honest = provider.jobs.sampler
+        provider.jobs.sampler = lambda procs: _lying(honest(procs))
+        seen: list[NodeEvent] = []
+        await p.nursery.start(collect, renter, seen)
+        key = await renter.rent(offer, wants(gpu_job, seconds=30))
+        paid, refunded = await p.settled(renter, key, CloseReason.EVIDENCE_FAILED)
+        assert (paid, refunded) == (0, PRICE * 30)
+        why = [e.text for e in seen if e.kind == "closed" and "we closed" in e.text]
+        assert why and "gpu_missing" in why[0], why
+
+
+async def test_honest_recorded_gpu_passes_the_evidence_check(net: Net) -> None:
+    gpu_job = Workload("command", (sys.executable, "-c", "import time; time.sleep(4)"), 1)
+    async with parties(net) as p:
+        p.provider_settings = dataclasses.replace(p.provider_settings, gpu_source="recorded-h100")
+        _provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(gpu_job, seconds=30))
+        paid, _ = await p.settled(renter, key, CloseReason.JOB_EXITED)
+        assert paid >= PRICE * 4
