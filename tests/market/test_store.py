@@ -120,3 +120,25 @@ def test_batches_flush_every_n(tmp_path: Path) -> None:
         book.ingest(signed(0, seq=2).encoded, NOW)
         assert store.flush() == 1 and len(store) == 3
         assert store.purge(NOW + 10**6) == 3 and len(store) == 0
+
+
+def test_a_loop_takes_batches_and_a_worker_thread_writes_them(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "offers.sqlite"
+    book = fresh_book()
+    store = OfferStore(path, flush_every=None)
+    store.attach(book)
+    for i in range(1, 2001):  # past any count that would flush from the listener
+        book.ingest(signed(i % 50 + 1, 0, seq=i).encoded, NOW)
+    assert len(store) == 0  # the listener never writes
+    batch = store.take()
+    assert len(batch) == 50 and store.take() == {}
+    written: list[int] = []
+    worker = threading.Thread(target=lambda: written.append(store.write(batch)))
+    worker.start()
+    worker.join()
+    assert written == [50] and len(store) == 50
+    store.close()
+    with OfferStore(path) as again:
+        assert again.load(fresh_book(), NOW + 10).loaded == 50

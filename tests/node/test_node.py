@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import trio
+
 from rigmesh.escrow.model import Status
+from rigmesh.market.offer import SignedOffer
+from rigmesh.node.node import Node
 from rigmesh.rental.codes import CloseReason
 from rigmesh.rental.usage import UseState
 from tests.node.conftest import PRICE, Net, an_offer, job, wants
+from tests.node.parties import closed, parties, started
 
 
 async def test_a_rental_between_two_nodes(net: Net) -> None:
@@ -64,3 +71,42 @@ async def test_inputs_in_output_streamed_results_back(net: Net) -> None:
         # Paid for the seconds the job ran (about three), as the last receipt said.
         assert use.settled[0] == use.amount == PRICE * use.last.heartbeat.uptime  # type: ignore[union-attr]
         assert 2 <= use.last.heartbeat.uptime <= 6  # type: ignore[union-attr]
+
+
+async def test_offers_follow_the_rentals_and_leave_with_the_provider(net: Net) -> None:
+    async def offered(node: Node, provider: bytes, want: int | None) -> SignedOffer | None:
+        """Wait until `node`'s book holds the provider's offer with capacity `want` (None:
+        withdrawn), woken by the book's changes."""
+        with trio.fail_after(20):
+            while True:
+                found = node.book.get(provider, 0)
+                if (found.offer.capacity if found else None) == want:
+                    return found
+                changed = trio.Event()
+                listener = lambda *_, changed=changed: changed.set()  # noqa: E731
+
+                node.book.add_listener(listener)
+                with trio.move_on_after(1):  # and ask for a sync now and then
+                    await changed.wait()
+                node.book.remove_listener(listener)
+                await node.gossip.anti_entropy()
+
+    async with parties(net) as p:
+        (listing,) = p.provider_settings.listings
+        p.provider_settings = dataclasses.replace(p.provider_settings,
+                                                  listings=(listing.but(capacity=2),))
+        provider, renter, offer = await started(p)
+        pid = provider.peer_id
+        first = await offered(renter, pid, 2)
+        assert first is not None
+        key = await renter.rent(offer, wants(job("import time; time.sleep(4)"), seconds=30))
+        busy = await offered(renter, pid, 1)  # one of two rented
+        await renter.wait_until(key, closed, timeout=60)
+        free = await offered(renter, pid, 2)  # back after the rental
+        assert busy is not None and free is not None
+        assert first.offer.seq < busy.offer.seq < free.offer.seq
+        await p.stop("provider")
+        assert await offered(renter, pid, None) is None  # withdrawn when it stopped
+        provider = await p.start("provider")  # a restart remembers the seq
+        again = await offered(provider, pid, 2)
+        assert again is not None and again.offer.seq > free.offer.seq + 1  # past the withdrawal

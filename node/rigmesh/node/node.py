@@ -96,6 +96,8 @@ NEGOTIATE_LIMIT = msg.MAX_AGREEMENT_SIZE
 USAGE_LIMIT = 64 * 1024
 RESPONSE_LIMIT = 1024 * 1024
 REQUEST_TIMEOUT = 10.0
+#: How often the offer book's changes are written to disk.
+OFFER_FLUSH = 1.0
 #: How often a renter fetches a running job's output.
 OUTPUT_POLL = 1.0
 
@@ -128,7 +130,7 @@ class Node:
         chain = config.chain
         self.chain_id, self.escrow_address, self.token = chain.chain_id, chain.escrow, chain.token
         self.book = OfferBook(chain_id=chain.chain_id, escrows=[chain.escrow])
-        self.store = OfferStore(config.home / "offers.sqlite3")
+        self.store = OfferStore(config.home / "offers.sqlite3", flush_every=None)
         self.gossip = OfferGossip(
             net, self.book, GossipConfig(chain_id=chain.chain_id), clock=self.now,
             rng=random.Random(), signer=self.keys.peer,
@@ -203,10 +205,13 @@ class Node:
             engine = self.engine(key)
             if engine is None:
                 return None
+            was_active = isinstance(engine, ProviderRental) and engine.active
             result = fn(engine)
             reply, actions = (result if isinstance(result, tuple) else (None, result or []))
             await self._persist(key, engine, actions)
         self._act(key, actions)
+        if was_active and not engine.active:  # type: ignore[union-attr]
+            self._nursery.start_soon(self._publish_offers)  # type: ignore[union-attr]
         return reply
 
     async def _persist(self, key: bytes, engine: Engine, actions: list[Action]) -> None:
@@ -261,6 +266,14 @@ class Node:
                 nursery.start_soon(self._prepare_funding, key, a)
         if self.desk is not None and any(isinstance(a, StartJob | StopJob) for a in actions):
             self._nursery.start_soon(self._publish_offers)  # type: ignore[union-attr]
+
+    async def _store_offers(self) -> None:
+        """The book's changes to disk once a second, from a worker thread (never on the loop)."""
+        while True:
+            await trio.sleep(OFFER_FLUSH)
+            batch = self.store.take()
+            if batch:
+                await trio.to_thread.run_sync(self.store.write, batch)
 
     async def _timers(self) -> None:
         while True:
@@ -818,6 +831,7 @@ async def open_node(config: NodeConfig, *, chain: EmbeddedChain | None = None
             nursery.start_soon(node.peers.run)
             nursery.start_soon(node.watcher.run)
             nursery.start_soon(node._timers)
+            nursery.start_soon(node._store_offers)
             if chain is not None:
                 nursery.start_soon(_tick, chain, escrow.limiter)
             for key in keys:

@@ -327,6 +327,15 @@ class Libp2pNetwork:
     async def publish(self, topic: str, data: bytes) -> None:
         await self.pubsub.publish(topic, data)
 
+    async def drain_gossip(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until pubsub has written what it queued for its peers: a
+        node leaving publishes its withdrawals last. The queues have no event to wait on, so
+        this looks every 10 ms."""
+        with trio.move_on_after(timeout):
+            while any(len(q) for q in self.pubsub.peer_queues.values()):
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)  # the last message taken may still be in its write
+
     # --- request/response -----------------------------------------------------------------
     def serve(
         self, protocol: str, handler: RequestHandler, *, max_request: int = MAX_REQUEST
@@ -455,5 +464,6 @@ async def _running(net: Libp2pNetwork, addrs: list[multiaddr.Multiaddr]) -> Asyn
             # listeners) so that peers see this node leave at once (a peer holding a dead
             # connection would open its next stream on it and wait) and no socket outlives it.
             with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await net.drain_gossip(1.0)
                 await net.host.get_network().close()
             nursery.cancel_scope.cancel()

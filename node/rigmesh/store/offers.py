@@ -11,7 +11,9 @@ corrupt or fails verification is logged, skipped and deleted, never fatal.
 
 Writes are batched: changes accumulate in memory (the latest per key wins) and go to disk in one
 transaction every ``flush_every`` changes, on `flush`, and on `close`. Ingest stays cheap; a crash
-loses at most the last batch, which gossip and sync bring back.
+loses at most the last batch, which gossip and sync bring back. An event loop that must not block
+on the disk passes ``flush_every=None``, takes each batch on the loop (`take`) and writes it from
+a worker thread (`write`), as the node does.
 """
 
 from __future__ import annotations
@@ -68,12 +70,13 @@ class OfferStore:
         store.close()
     """
 
-    def __init__(self, path: str | Path, *, flush_every: int = 1000) -> None:
-        if flush_every < 1:
+    def __init__(self, path: str | Path, *, flush_every: int | None = 1000) -> None:
+        if flush_every is not None and flush_every < 1:
             raise ValueError("flush_every must be positive")
         self.path = Path(path)
         self.flush_every = flush_every
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        # One thread at a time (the owner's loop, or one worker it waits for).
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a power loss may drop the last transactions but never corrupts the file;
         # the offers come back from the network anyway.
@@ -100,16 +103,25 @@ class OfferStore:
     def _on_change(self, change: Change, signed: SignedOffer) -> None:
         o = signed.offer
         self._pending[(o.provider, o.listing)] = None if change is Change.EXPIRED else signed
-        if len(self._pending) >= self.flush_every:
+        if self.flush_every is not None and len(self._pending) >= self.flush_every:
             self.flush()
 
     def flush(self) -> int:
         """Write the batched changes in one transaction; returns how many rows it touched."""
-        if not self._pending:
+        return self.write(self.take())
+
+    def take(self) -> dict[_Key, SignedOffer | None]:
+        """The changes batched so far (the store forgets them: `write` them)."""
+        batch, self._pending = self._pending, {}
+        return batch
+
+    def write(self, batch: dict[_Key, SignedOffer | None]) -> int:
+        """Write a batch from `take` in one transaction (from any one thread at a time)."""
+        if not batch:
             return 0
         upserts = []
         deletes = []
-        for (provider, listing), signed in self._pending.items():
+        for (provider, listing), signed in batch.items():
             if signed is None:
                 deletes.append((provider, listing))
             else:
@@ -120,7 +132,6 @@ class OfferStore:
         with self._transaction():
             self._db.executemany(_DELETE, deletes)
             self._db.executemany(_UPSERT, upserts)
-        self._pending.clear()
         return len(upserts) + len(deletes)
 
     def purge(self, now: int) -> int:
