@@ -1,274 +1,408 @@
-"""`make demo`: two providers and a renter on loopback, end to end, with real components.
+"""`rigmesh demo` (`make demo`): the real thing on one machine, with every token unit accounted for.
 
-1. Each node gets encrypted keys (a libp2p Ed25519 peer key and an Ethereum account).
-2. Provider A probes this machine's hardware (NVML, then nvidia-smi; without a GPU it offers CPU
-   capacity). Provider B replays a recorded NVIDIA H100 (real NVML readings from
-   tests/exec/fixtures), so the demo has a GPU offer on a machine without one; it says so.
-3. Three real libp2p hosts on 127.0.0.1 (Noise, Yamux, GossipSub): the providers sign offers and
-   gossip them; the renter validates each into its offer book, which persists to sqlite.
-4. The renter asks its book for "an H100 that fits a 70B model at 4-bit with a 32k context, under
-   $4/h", and for CPU capacity.
-5. On an embedded chain (py-evm), the escrow and a 6-decimal stablecoin are deployed; the renter
-   deposits and opens a rental at the chosen offer's price; for three heartbeat intervals it signs
-   cumulative receipts that the provider checks; the provider claims once and settles with the
-   last receipt. Balances before and after show the money rules.
-6. A restarted renter reloads its book from disk and has the offers at once.
+By default, as separate processes started through the commands a person uses:
+
+1. `rigmesh init` for three providers and a renter (encrypted keys, a peer id and an account);
+2. `rigmesh devnet`: anvil, the escrow and a test stablecoin (tUSD) deployed, the four accounts
+   funded; its printed [chain] lines become each node's config file;
+3. `rigmesh provide` three times, at 2.88, 3.60 and 4.32 tUSD/h, each with its GPU (the probed
+   one on a GPU host; otherwise a replay of a recorded H100, which its offers say);
+4. `rigmesh rent`: the cheapest matching offer, negotiated, funded, a real workload run (on the
+   GPU where there is one), its output streamed, receipts exchanged, settled;
+5. a second `rigmesh rent` whose provider is killed (SIGKILL) mid-run and started again: the job
+   died with it, the rental ends PROVIDER_RESTARTED, the provider is paid exactly the receipts the
+   renter signed and the rest of the deposit goes back to the renter;
+6. a table per rental (seconds, paid, refunded, transactions) and a check that what the renter
+   lost is exactly what the providers gained, on chain.
+
+`rigmesh demo --embedded` runs one provider and one renter node in this process on the embedded
+py-evm chain instead (no anvil needed: what a bare `pip install rigmesh` can run).
 """
 
 from __future__ import annotations
 
-import random
+import argparse
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import trio
-from web3 import EthereumTesterProvider, Web3
+from web3 import Web3
 
-from rigmesh.escrow.client import EscrowClient, deploy_contract, deploy_escrow
-from rigmesh.escrow.contract import token_artifact
-from rigmesh.exec.gpu import GpuInventory, ProbeResult, ReplayNvml, probe
-from rigmesh.market.book import OfferBook
-from rigmesh.market.listing import Listing, Market, OfferBuilder
-from rigmesh.market.offer import Offer, Region, SignedOffer
-from rigmesh.market.price import format_usd_per_hour, parse_price
-from rigmesh.market.query import OfferQuery, Sort
-from rigmesh.market.vram import estimate_vram
-from rigmesh.p2p.gossip import GossipConfig, OfferGossip
-from rigmesh.p2p.host import open_libp2p_network
-from rigmesh.rental.receipt import check_supersedes, decode_receipt, sign_receipt
-from rigmesh.store.keys import FAST, KeyStore, NodeKeys
-from rigmesh.store.offers import OfferStore
-from rigmesh.wire import eip712
-from rigmesh.wire.identity import peer_id_to_text
+from rigmesh.escrow.client import EscrowClient
+from rigmesh.wire.eip712 import EthKey
 
-ROOT = Path(__file__).resolve().parents[2]
-USD_DECIMALS = 6
-HEARTBEAT = 30
+PASSWORD = "demo"
+#: Providers' prices per hour in tUSD (6 decimals): 800, 1000 and 1200 base units a second.
+PRICES = ("2.88", "3.60", "4.32")
+#: A real workload: matrix products on the GPU where torch sees one, else a CPU hash chain.
+WORKLOAD = """\
+import hashlib, time
+try:
+    import torch
+    assert torch.cuda.is_available()
+    a = torch.randn(4096, 4096, device="cuda")
+    for step in range(6):
+        t = time.time()
+        for _ in range(50):
+            b = a @ a
+        torch.cuda.synchronize()
+        print(f"step {step}: 50 matmuls 4096^2 on {torch.cuda.get_device_name()} "
+              f"in {time.time() - t:.2f} s", flush=True)
+except Exception:
+    h = b"rigmesh"
+    for step in range(6):
+        t = time.time()
+        for _ in range(300_000):
+            h = hashlib.sha256(h).digest()
+        print(f"step {step}: 300k sha256 on the CPU in {time.time() - t:.2f} s, {h.hex()[:16]}",
+              flush=True)
+"""
+LONG_WORKLOAD = "import time\nfor i in range(120):\n    print('tick', i, flush=True)\n    time.sleep(1)\n"
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def offer_for(
-    keys: NodeKeys, found: ProbeResult, *, chain_id: int, token: bytes, escrow: bytes,
-    price_per_second: int, region: Region, now: int,
-) -> Offer:
-    """The listing a provider offers for what its probe found: all its GPUs as one listing, or
-    its CPU cores when it has none."""
-    hardware = found.hardware()
-    listing = Listing(price_per_second=price_per_second, region=region,
-                      heartbeat_seconds=HEARTBEAT, interruptible=hardware.gpu is None)
-    builder = OfferBuilder(keys.peer, keys.account, hardware, Market(chain_id, escrow, token))
-    return builder.offer(listing, seq=1, now=now)
+@dataclass
+class User:
+    """One node's directory, config and identity, driven through the `rigmesh` command."""
+
+    name: str
+    root: Path
+    peer_id: str = ""
+    account: str = ""
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "rigmesh.cli", "--home", str(self.root / "home"),
+                "--config", str(self.root / "config.toml"), *args]
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RIGMESH_")}
+        env["RIGMESH_PASSWORD"] = PASSWORD
+        return env
+
+    def run(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(self.argv(*args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise DemoError(f"`rigmesh {' '.join(args[:2])}` ({self.name}) failed "
+                            f"({done.returncode}):\n{done.stderr.strip()}")
+        return done.stdout
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(*args), env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
 
 
-def show(offers: list[SignedOffer]) -> None:
-    for s in offers:
-        o = s.offer
-        what = f"{o.gpu.count} x {o.gpu.model} ({o.gpu.vram_mib} MiB)" if o.gpu else (
-            f"{o.cpu_cores} CPU cores, {o.ram_mib // 1024} GiB RAM (no GPU)"
-        )
-        say(f"    {format_usd_per_hour(o.price_per_second, decimals=USD_DECIMALS):>9}  {what}"
-            f"  {o.region.country}/{o.region.zone}  {peer_id_to_text(o.provider)[:16]}…")
+class DemoError(RuntimeError):
+    pass
 
 
-class Chain:
-    """The embedded py-evm chain with the escrow and a stablecoin deployed."""
-
-    def __init__(self) -> None:
-        provider = EthereumTesterProvider()
-        self.w3 = Web3(provider)
-        self.tester = provider.ethereum_tester
-        self.chain_id = int(self.w3.eth.chain_id)
-        self.funder = eip712.EthKey(self.tester.backend.account_keys[0].to_bytes())
-        self.escrow = deploy_escrow(
-            self.w3, self.funder, chain_id=self.chain_id,
-            min_challenge_window=60, max_challenge_window=86400,
-        )
-        self.usd = deploy_contract(self.w3, self.funder, self.chain_id, token_artifact())
-
-    def client(self, key: eip712.EthKey) -> EscrowClient:
-        return EscrowClient(self.w3, self.escrow, key, chain_id=self.chain_id)
-
-    def fund(self, key: eip712.EthKey, *, wei: int, usd: int) -> None:
-        funder = self.client(self.funder)
-        funder.send_transaction(b"", value=wei, to=key.address)
-        funder.send_transaction(token_artifact().fn("mint").encode(key.address, usd), to=self.usd)
-
-    def advance(self, seconds: int) -> None:
-        pending = int(self.tester.get_block_by_number("pending")["timestamp"])
-        self.tester.time_travel(pending + seconds)
+def read_until(proc: subprocess.Popen[str], pattern: str, echo: str | None = None,
+               seen: list[str] | None = None) -> re.Match[str]:
+    """Lines of `proc` until one matches `pattern` (printed with the `echo` prefix)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if seen is not None:
+            seen.append(line)
+        if echo is not None:
+            say(f"{echo}{line.rstrip()}")
+        m = re.search(pattern, line)
+        if m:
+            return m
+    raise DemoError(f"the process ended (code {proc.wait()}) before {pattern!r}")
 
 
-async def run(workdir: Path) -> None:
-    now = int(time.time())
-    say("== keys (encrypted key stores; demo-only light KDF)")
-    nodes = {}
-    for name in ("provider-a", "provider-b", "renter"):
-        nodes[name] = KeyStore(workdir / name / "keys").create("demo", cost=FAST)
-        say(f"  {name:10s} peer {peer_id_to_text(nodes[name].peer.peer_id)}"
-            f"  account 0x{nodes[name].account.address.hex()}")
-
-    say("\n== chain: embedded py-evm, escrow and a 6-decimal stablecoin deployed")
-    chain = await trio.to_thread.run_sync(Chain)
-    say(f"  chain id {chain.chain_id}, escrow 0x{chain.escrow.hex()}, USD 0x{chain.usd.hex()}")
-
-    say("\n== providers probe their hardware")
-    here = await probe()
-    if isinstance(here.gpu, GpuInventory):
-        say(f"  provider-a: {here.gpu.count} GPU(s): {here.gpu.gpus[0].name}")
-    else:
-        say("  provider-a: no GPU on this machine (" + "; ".join(here.gpu.attempts) + ")")
-        say("              offering its CPU capacity instead")
-    recorded = await probe(ReplayNvml.recorded_h100(), smi_exe=None)
-    assert isinstance(recorded.gpu, GpuInventory)
-    say(f"  provider-b: replaying a recorded {recorded.gpu.gpus[0].name} "
-        f"({recorded.gpu.gpus[0].vram_mib} MiB, driver {recorded.gpu.driver_version}, "
-        f"CUDA {recorded.gpu.cuda_version})")
-    offers = {
-        "provider-a": offer_for(
-            nodes["provider-a"], here, chain_id=chain.chain_id, token=chain.usd,
-            escrow=chain.escrow, region=Region("DE", "fra-1"), now=now,
-            price_per_second=parse_price("$0.40/h", decimals=USD_DECIMALS),
-        ),
-        "provider-b": offer_for(
-            nodes["provider-b"], recorded, chain_id=chain.chain_id, token=chain.usd,
-            escrow=chain.escrow, region=Region("NL", "ams-2"), now=now,
-            price_per_second=parse_price("$2.49/h", decimals=USD_DECIMALS),
-        ),
-    }
-
-    say("\n== libp2p: three hosts on 127.0.0.1, offers gossiped and validated into the book")
-    db = workdir / "renter" / "offers.sqlite3"
-    config = GossipConfig(chain_id=chain.chain_id)
-    clock = lambda: int(time.time())  # noqa: E731 - the gossip service's wall clock
-    async with (
-        open_libp2p_network(nodes["provider-a"].peer) as net_a,
-        open_libp2p_network(nodes["provider-b"].peer) as net_b,
-        open_libp2p_network(nodes["renter"].peer) as net_r,
-    ):
-        book = OfferBook(chain_id=chain.chain_id)
-        store = OfferStore(db, flush_every=1)
-        store.attach(book)
-        gossips = {
-            "provider-a": OfferGossip(net_a, OfferBook(chain_id=chain.chain_id), config,
-                                      clock=clock, signer=nodes["provider-a"].peer,
-                                      rng=random.Random(1)),
-            "provider-b": OfferGossip(net_b, OfferBook(chain_id=chain.chain_id), config,
-                                      clock=clock, signer=nodes["provider-b"].peer,
-                                      rng=random.Random(2)),
-            "renter": OfferGossip(net_r, book, config, clock=clock, rng=random.Random(3)),
-        }
-        for g in gossips.values():
-            await g.start()
-        await gossips["renter"].join(net_a.addrs() + net_b.addrs())
-        await gossips["provider-a"].join(net_b.addrs())
-        await trio.sleep(2)  # let GossipSub (1 s heartbeat) graft the mesh
-        for name in ("provider-a", "provider-b"):
-            signed = await gossips[name].publish_offer(offers[name])
-            say(f"  {name} published offer {signed.cid[:20]}… ({len(signed.encoded)} bytes)")
-        with trio.move_on_after(10):
-            while len(book) < 2:
-                await trio.sleep(0.05)
-        if len(book) < 2:  # gossip lost it: the anti-entropy path repairs it
-            for peer in net_r.peers():
-                await gossips["renter"].sync_from(peer)
-        say(f"  renter's book: {len(book)} offers "
-            f"({gossips['renter'].counters.get('offer', 0)} by gossip)")
-        store.flush()
-
-    say("\n== renter queries its book")
-    need = estimate_vram("70b", precision="int4", context=32000)
-    say(f"  a 70B model at int4 with a 32k context needs {need.total_mib} MiB "
-        f"(weights {need.weights_bytes >> 20} + KV cache {need.kv_cache_bytes >> 20} "
-        f"+ overhead {need.overhead_bytes >> 20} MiB)")
-    gpu_query = OfferQuery(
-        gpu_model="h100", min_total_vram_mib=need.total_mib,
-        max_price_per_second=parse_price("$4/h", decimals=USD_DECIMALS), sort=Sort.PRICE,
-        limit=5,
-    )
-    found = book.query(gpu_query, int(time.time()))
-    say("  h100, fits the model, at most $4/h, cheapest first:")
-    show(found)
-    say("  CPU capacity:")
-    show(book.query(OfferQuery(cpu_only=True, limit=5), int(time.time())))
-    if not found:
-        raise SystemExit("demo: no offer matched; the gossip did not arrive")
-    chosen = found[0].offer
-
-    say("\n== rental on the escrow: deposit, open, receipts every heartbeat, claim, settle")
-    renter, provider = nodes["renter"].account, nodes["provider-b"].account
-    await trio.to_thread.run_sync(
-        lambda: (chain.fund(renter, wei=10**18, usd=100 * 10**USD_DECIMALS),
-                 chain.fund(provider, wei=10**18, usd=0))
-    )
-    rc, pc = chain.client(renter), chain.client(provider)
-    deposit = chosen.price_per_second * 3600  # one hour
-    terms = eip712.Terms(
-        renter=renter.address, provider=chosen.payee, token=chain.usd, deposit=deposit,
-        price_per_second=chosen.price_per_second, max_seconds=3600, challenge_window=600,
-        receipt_signer=renter.address,
-        # Until negotiation lands, the agreement the terms commit to is the chosen offer itself.
-        agreement_id=eip712.keccak(found[0].encoded),
-    )
-
-    def usd(x: int) -> str:
-        whole, frac = divmod(x, 10**USD_DECIMALS)
-        return f"{whole}.{frac:0{USD_DECIMALS}d} USD"
-
-    def open_rental() -> None:
-        rc.approve(chain.usd, deposit)
-        rc.deposit(chain.usd, deposit)
-        rc.open(terms)
-
-    await trio.to_thread.run_sync(open_rental)
-    say(f"  renter locked {usd(deposit)} for up to 3600 s at "
-        f"{format_usd_per_hour(chosen.price_per_second, decimals=USD_DECIMALS)}; "
-        f"rental 0x{terms.rental_id.hex()[:16]}…")
-    held: eip712.Receipt | None = None
-    for beat in range(1, 4):
-        await trio.to_thread.run_sync(chain.advance, HEARTBEAT)
-        uptime = beat * HEARTBEAT
-        receipt = eip712.Receipt(
-            terms.rental_id, beat, uptime, uptime * chosen.price_per_second,
-            eip712.keccak(b"heartbeat log head %d" % beat),
-        )
-        wire = sign_receipt(receipt, chain_id=chain.chain_id, escrow=chain.escrow,
-                            signer=renter).encode()
-        got = decode_receipt(wire, chain_id=chain.chain_id, escrow=chain.escrow,
-                             signer=terms.receipt_signer)  # the provider's checks
-        check_supersedes(got.receipt, held)
-        held = got.receipt
-        say(f"  heartbeat {beat}: receipt seq {beat}, {uptime} s, {usd(receipt.amount)} "
-            f"({len(wire)} bytes, verified by the provider)")
-        if beat == 2:
-            await trio.to_thread.run_sync(lambda r=got: pc.claim(terms, r.receipt, r.sig))
-            say(f"  provider claimed {usd(receipt.amount)} mid-rental")
-    assert held is not None and got is not None
-    final = got
-    await trio.to_thread.run_sync(lambda: pc.settle(terms, final.receipt, final.sig))
-    paid = await trio.to_thread.run_sync(pc.balance_of, chain.usd, provider.address)
-    refund = await trio.to_thread.run_sync(rc.balance_of, chain.usd, renter.address)
-    state = await trio.to_thread.run_sync(rc.rental_state, terms.rental_id)
-    say(f"  settled: provider's free balance {usd(paid)}, renter's refund {usd(refund)}, "
-        f"rental {state.status.name}")
-    assert paid == held.amount and paid + refund == deposit, "money rules violated"
-    say(f"  paid exactly what the renter signed; paid + refund = deposit ({usd(deposit)})")
-
-    say("\n== renter restarts: the book comes back from disk, every offer verified again")
-    again = OfferBook(chain_id=chain.chain_id)
-    report = OfferStore(db).load(again, int(time.time()))
-    say(f"  {len(again)} offers at once (loaded {report.loaded}, expired {report.expired}, "
-        f"rejected {report.rejected})")
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
-def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="rigmesh-demo-") as tmp:
-        trio.run(run, Path(tmp))
-    say("\ndemo complete")
+@dataclass
+class Rental:
+    title: str
+    lines: list[str] = field(default_factory=list)
+
+    def field(self, name: str) -> str:
+        m = re.search(rf"^{name}\s+(.*)$", "".join(self.lines), re.M)
+        if m is None:
+            raise DemoError(f"rent printed no {name!r}:\n{''.join(self.lines)[-2000:]}")
+        return m.group(1).strip()
+
+    def units(self, name: str) -> int:
+        m = re.search(r"\((\d+) base units\)", self.field(name))
+        assert m is not None
+        return int(m.group(1))
+
+    def txs(self) -> list[str]:
+        return re.findall(r"^tx\s+(\S+)\s+(0x[0-9a-f]{64})", "".join(self.lines), re.M)
+
+
+@dataclass
+class Books:
+    """What each account holds of the stablecoin, on chain: wallet plus escrow balance."""
+
+    client: EscrowClient
+    token: bytes
+
+    def holdings(self, account: str) -> int:
+        a = bytes.fromhex(account[2:])
+        return self.client.token_balance(self.token, a) + self.client.balance_of(self.token, a)
+
+
+@contextmanager
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            stop(p)
+
+
+def gpu_source() -> str:
+    return "probe" if shutil.which("nvidia-smi") else "recorded-h100"
+
+
+def run_processes(workdir: Path) -> int:
+    from rigmesh.chain.anvil import find_anvil
+
+    if find_anvil() is None:
+        raise DemoError("anvil is not installed: run `make setup` in the repository (it installs "
+                        "Foundry's anvil), or `rigmesh demo --embedded` for the one-process demo")
+    started = time.monotonic()
+    gpu = gpu_source()
+    providers = [User(f"provider {i + 1}", workdir / f"provider{i + 1}") for i in range(3)]
+    renter = User("renter", workdir / "renter")
+    devnet_user = User("devnet", workdir / "devnet")
+    say("== 1. keys: `rigmesh init` for three providers and a renter")
+    for u in [*providers, renter]:
+        out = u.run("init", "--light-kdf")
+        u.peer_id = re.search(r"peer id\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+        u.account = re.search(r"account\s+(0x[0-9a-fA-F]{40})", out).group(1)  # type: ignore[union-attr]
+        say(f"   {u.name:<10} {u.account}  {u.peer_id[:20]}…")
+    with processes() as procs:
+        say("== 2. `rigmesh devnet`: anvil, escrow and tUSD deployed, the accounts funded")
+        fund = [a for u in [*providers, renter] for a in ("--fund", u.account)]
+        devnet = devnet_user.start("devnet", *fund, "--tokens", "100")
+        procs.append(devnet)
+        seen: list[str] = []
+        read_until(devnet, r"^token = ", seen=seen)
+        config = "".join(seen[next(i for i, x in enumerate(seen) if x.startswith("[chain]")):])
+        for u in [*providers, renter]:
+            (u.root / "config.toml").write_text(config)
+        say("   " + config.strip().replace("\n", "\n   "))
+        chain = tomllib.loads(config)["chain"]
+        w3 = Web3(Web3.HTTPProvider(chain["rpc"]))
+        books = Books(EscrowClient(w3, bytes.fromhex(chain["escrow"][2:]),
+                                   EthKey(secrets.token_bytes(32)), chain_id=chain["chain_id"]),
+                      bytes.fromhex(chain["token"][2:]))
+
+        say(f"== 3. `rigmesh provide` x3 (GPU: {gpu})")
+        serving: dict[str, subprocess.Popen[str]] = {}
+        bootstrap = ""
+
+        def provide(u: User, price: str) -> subprocess.Popen[str]:
+            nonlocal bootstrap
+            args = ["provide", "--price-per-hour", price, "--region", "DE/demo", "--gpu", gpu,
+                    "--runner", "subprocess", "--heartbeat-seconds", "2"]
+            if bootstrap:
+                args += ["--bootstrap", bootstrap]
+            p = u.start(*args)
+            procs.append(p)
+            addr = read_until(p, r"renters join with: --bootstrap (\S+)").group(1)
+            bootstrap = bootstrap or addr
+            say(f"   {u.name} at {price} tUSD/h, listening on {addr}")
+            return p
+
+        for u, price in zip(providers, PRICES, strict=True):
+            serving[u.name] = provide(u, price)
+        before = {u.account: books.holdings(u.account) for u in [*providers, renter]}
+
+        query = "num_gpus>=1 dph<=4.5 country=DE"
+        rentals = []
+        say(f"== 4. `rigmesh rent '{query}'`: the cheapest match runs a real workload")
+        first = Rental("a workload to its end")
+        rent = renter.start("rent", query, "--bootstrap", bootstrap, "--duration", "2m",
+                            "--gpus", "1", "--yes", "--", "python3", "-c", WORKLOAD)
+        procs.append(rent)
+        read_until(rent, r"^results|^tx\s+settled|^refunded", echo="   | ", seen=first.lines)
+        for line in rent.stdout or []:
+            first.lines.append(line)
+            say(f"   | {line.rstrip()}")
+        if rent.wait() != 0:
+            raise DemoError(f"rigmesh rent failed ({rent.returncode})")
+        rentals.append(first)
+
+        say("== 5. a second rental; its provider is killed mid-run (SIGKILL) and restarted")
+        second = Rental("provider killed mid-run")
+        rent = renter.start("rent", query, "--bootstrap", bootstrap, "--duration", "2m",
+                            "--gpus", "1", "--yes", "--", "python3", "-c", LONG_WORKLOAD)
+        procs.append(rent)
+        offer = read_until(rent, r"^offer\s+.* from (\S+?)…", echo="   | ", seen=second.lines)
+        victim = next(u for u in providers if u.peer_id.startswith(offer.group(1)))
+        read_until(rent, r"^tick 3", echo="   | ", seen=second.lines)
+        say(f"   ** kill -9 {victim.name} (pid {serving[victim.name].pid})")
+        serving[victim.name].kill()
+        serving[victim.name].wait()
+        say(f"   ** {victim.name} started again from its ledger")
+        price = PRICES[providers.index(victim)]
+        provide(victim, price)
+        for line in rent.stdout or []:
+            second.lines.append(line)
+            say(f"   | {line.rstrip()}")
+        if rent.wait() != 0:
+            raise DemoError(f"rigmesh rent failed ({rent.returncode})")
+        rentals.append(second)
+
+        after = {a: books.holdings(a) for a in before}
+        return account(rentals, before, after, renter, providers, time.monotonic() - started)
+
+
+def account(rentals: list[Rental], before: dict[str, int], after: dict[str, int],
+            renter: User, providers: list[User], elapsed: float) -> int:
+    say("== 6. the accounts")
+    say(f"   {'rental':<26}{'ended':<20}{'seconds':>8}{'paid':>10}{'refunded':>10}")
+    for r in rentals:
+        say(f"   {r.title:<26}{r.field('ended'):<20}{r.field('seconds'):>8}"
+            f"{r.units('paid'):>10}{r.units('refunded'):>10}")
+        for name, tx in r.txs():
+            say(f"      {name:<9} {tx}")
+    paid = sum(r.units("paid") for r in rentals)
+    lost = before[renter.account] - after[renter.account]
+    gained = sum(after[u.account] - before[u.account] for u in providers)
+    say(f"   renter's tUSD down by {lost}, providers' up by {gained}, receipts paid {paid} "
+        "(base units)")
+    ok = lost == gained == paid and all(
+        r.units("paid") + r.units("refunded") > 0 for r in rentals)
+    killed = rentals[-1].field("ended")
+    say(f"   the killed provider's rental ended {killed}: paid exactly what the renter signed")
+    if not ok:
+        say("   MISMATCH: the books do not balance")
+        return 1
+    say(f"   every token unit accounted for; demo complete in {elapsed:.0f} s")
     return 0
+
+
+def run_embedded(workdir: Path) -> int:
+    """One provider and one renter node in this process on the embedded chain."""
+    import trio
+
+    from rigmesh.chain.devnet import EmbeddedChain
+    from rigmesh.market.listing import Listing
+    from rigmesh.market.offer import Region
+    from rigmesh.market.query import OfferQuery
+    from rigmesh.node import ChainSettings, NodeConfig, ProviderSettings, open_node
+    from rigmesh.rental.money import Budget
+    from rigmesh.rental.policy import RenterWants
+    from rigmesh.rental.timers import Timers
+    from rigmesh.rental.usage import UseState
+    from rigmesh.rental.workload import Workload
+    from rigmesh.store.keys import NodeKeys
+    from rigmesh.wire.identity import PeerKey
+
+    price = 1000
+    timers = Timers(grace_seconds=5, retry_seconds=1, challenge_window=60, start_seconds=30)
+    chain = EmbeddedChain()
+    d = chain.deployment
+    settings = ChainSettings(None, d.chain_id, d.escrow, d.token, poll=0.2)
+    pkeys = NodeKeys(PeerKey.generate(), EthKey(secrets.token_bytes(32)))
+    rkeys = NodeKeys(PeerKey.generate(), EthKey(secrets.token_bytes(32)))
+    chain.fund(pkeys.account.address)
+    chain.fund(rkeys.account.address, tokens=100 * 10**6)
+    listing = Listing(price_per_second=price, region=Region("DE", "demo"), min_seconds=1,
+                      heartbeat_seconds=2)
+    from rigmesh.rental.policy import ProviderPolicy
+
+    provider_settings = ProviderSettings(
+        listings=(listing,), runner="subprocess", gpu_source="recorded-h100",
+        policy=ProviderPolicy(timers=timers, min_grace=1, min_challenge_window=60))
+    client = EscrowClient(chain.w3, d.escrow, EthKey(secrets.token_bytes(32)),
+                          chain_id=d.chain_id)
+    books = Books(client, d.token)
+    accounts = {"provider": "0x" + pkeys.account.address.hex(),
+                "renter": "0x" + rkeys.account.address.hex()}
+
+    async def main() -> int:
+        provider_cfg = NodeConfig(home=workdir / "provider", keys=pkeys, chain=settings,
+                                  provider=provider_settings, target_peers=0)
+        async with open_node(provider_cfg, chain=chain) as p:
+            say(f"provider {p.addrs()[0]}")
+            renter_cfg = NodeConfig(home=workdir / "renter", keys=rkeys, chain=settings,
+                                    bootstrap=tuple(p.addrs()), target_peers=0)
+            async with open_node(renter_cfg, chain=chain) as r:
+                with trio.fail_after(30):
+                    while not (found := r.book.query(OfferQuery(), r.now())):
+                        await r.gossip.anti_entropy()
+                        await trio.sleep(0.2)
+                before = {a: books.holdings(a) for a in accounts.values()}
+                wants = RenterWants(
+                    workload=Workload("command", (sys.executable, "-c", WORKLOAD), 1),
+                    seconds=120, max_price=price, budget=Budget(cap=price * 120), timers=timers)
+                key = await r.rent(found[0], wants)
+                async for piece in r.output(key):
+                    sys.stdout.write("   | " + piece.decode(errors="replace"))
+                engine = await r.wait_until(
+                    key, lambda e: e.use is not None and e.use.state is UseState.CLOSED
+                    and e.use.settled is not None, timeout=60)
+                use = engine.use
+                assert use is not None and use.settled is not None
+                paid, refunded = use.settled
+                uptime = 0 if use.last is None else use.last.heartbeat.uptime
+                after = {a: books.holdings(a) for a in accounts.values()}
+                lost = before[accounts["renter"]] - after[accounts["renter"]]
+                gained = after[accounts["provider"]] - before[accounts["provider"]]
+                ended = use.ended_by()
+                say(f"rental ended {ended.name if ended else '?'}: {uptime} s, paid {paid}, "
+                    f"refunded {refunded} (base units)")
+                say(f"renter's tUSD down by {lost}, provider's up by {gained}")
+                if not lost == gained == paid:
+                    say("MISMATCH: the books do not balance")
+                    return 1
+                say("every token unit accounted for; demo complete")
+                return 0
+
+    return trio.run(main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rigmesh demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--embedded", action="store_true",
+                   help="one process on the embedded chain (no anvil needed)")
+    p.add_argument("--keep", action="store_true", help="keep the demo's directory")
+    args = p.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="rigmesh-demo-"))
+    try:
+        return run_embedded(workdir) if args.embedded else run_processes(workdir)
+    except DemoError as exc:
+        print(f"rigmesh demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            say(f"(kept {workdir})")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
