@@ -68,7 +68,12 @@ except Exception:
         print(f"step {step}: 300k sha256 on the CPU in {time.time() - t:.2f} s, {h.hex()[:16]}",
               flush=True)
 """
-LONG_WORKLOAD = "import time\nfor i in range(120):\n    print('tick', i, flush=True)\n    time.sleep(1)\n"
+LONG_WORKLOAD = """\
+import time
+for i in range(120):
+    print("tick", i, flush=True)
+    time.sleep(1)
+"""
 
 
 def say(text: str = "") -> None:
@@ -361,7 +366,8 @@ def run_embedded(workdir: Path) -> int:
                     seconds=120, max_price=price, budget=Budget(cap=price * 120), timers=timers)
                 key = await r.rent(found[0], wants)
                 async for piece in r.output(key):
-                    sys.stdout.write("   | " + piece.decode(errors="replace"))
+                    for line in piece.decode(errors="replace").splitlines():
+                        say(f"   | {line}")
                 engine = await r.wait_until(
                     key, lambda e: e.use is not None and e.use.state is UseState.CLOSED
                     and e.use.settled is not None, timeout=60)
