@@ -64,7 +64,7 @@ def print_json(doc: Any) -> None:
 
 def units(amount: int, decimals: int) -> str:
     """Base units as a decimal token amount, exactly (display only)."""
-    return str(Decimal(amount).scaleb(-decimals)) if decimals else str(amount)
+    return format(Decimal(amount).scaleb(-decimals).normalize(), "f")
 
 
 def connect(settings: Settings) -> Any:
