@@ -76,7 +76,7 @@ def test_node_config_from_settings(tmp_path: Path) -> None:
 def test_bad_config_names_key_source_and_fix(cli: Cli, file_text: str, env: dict[str, str],
                                              message: str) -> None:
     cli.config.write_text(file_text)
-    r = cli.run("config", "show", **env)
+    r = cli.call("config", "show", **env)
     assert r.returncode == exits.CONFIG, r.stderr
     first, hint = r.stderr.splitlines()[:2]
     assert first.startswith("rigmesh: " + message.format(path=cli.config))
@@ -97,10 +97,10 @@ def test_hints_follow_the_source(tmp_path: Path) -> None:
 
 
 def test_config_set_then_show_json(cli: Cli) -> None:
-    assert cli.run("config", "set", "chain.rpc", "http://127.0.0.1:8545").returncode == 0
-    assert cli.run("config", "set", "node.bootstrap",
+    assert cli.call("config", "set", "chain.rpc", "http://127.0.0.1:8545").returncode == 0
+    assert cli.call("config", "set", "node.bootstrap",
                    "/ip4/127.0.0.1/tcp/1,/ip4/127.0.0.1/tcp/2").returncode == 0
-    r = cli.run("config", "show", "--json", RIGMESH_CHAIN_CONFIRMATIONS="3")
+    r = cli.call("config", "show", "--json", RIGMESH_CHAIN_CONFIRMATIONS="3")
     assert r.returncode == 0, r.stderr
     rows = {row["key"]: row for row in json.loads(r.stdout)["settings"]}
     assert rows["chain.rpc"]["value"] == "http://127.0.0.1:8545"
@@ -110,17 +110,17 @@ def test_config_set_then_show_json(cli: Cli) -> None:
         "key": "chain.confirmations", "value": 3, "source": "env RIGMESH_CHAIN_CONFIRMATIONS",
         "env": "RIGMESH_CHAIN_CONFIRMATIONS", "flag": "--confirmations"}
     assert rows["node.home"]["source"] == "flag --home"
-    bad = cli.run("config", "set", "chain.chain_id", "many")
+    bad = cli.call("config", "set", "chain.chain_id", "many")
     assert bad.returncode == exits.CONFIG and "'many' is not a whole number" in bad.stderr
-    unknown = cli.run("config", "set", "chain.nope", "1")
+    unknown = cli.call("config", "set", "chain.nope", "1")
     assert unknown.returncode == exits.CONFIG and "unknown key chain.nope" in unknown.stderr
     assert "chain_id" not in cli.config.read_text()  # a refused value never reaches the file
 
 
 def test_bad_flags_are_usage_errors(cli: Cli) -> None:
-    r = cli.run("config", "frobnicate")
+    r = cli.call("config", "frobnicate")
     assert r.returncode == exits.USAGE
     assert "config: argument ACTION: invalid choice: 'frobnicate'" in r.stderr
     assert "see `rigmesh config --help`" in r.stderr
-    r = cli.run("nonsense")
+    r = cli.call("nonsense")
     assert r.returncode == exits.USAGE and "invalid choice: 'nonsense'" in r.stderr

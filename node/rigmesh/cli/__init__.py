@@ -99,13 +99,27 @@ def run(argv: list[str]) -> int:
     return int(func(args) or 0)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The CliError (or Ctrl-C) inside the exception groups trio wraps around a command's
+    failure, else `exc` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _cause(inner)
+            if isinstance(found, CliError | KeyboardInterrupt):
+                return found
+    return exc
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return run(argv)
-    except CliError as exc:
-        print(exc.render(), file=sys.stderr, flush=True)
-        return exc.code
-    except KeyboardInterrupt:
-        print("rigmesh: interrupted", file=sys.stderr)
-        return exits.INTERRUPTED
+    except BaseException as exc:
+        cause = _cause(exc)
+        if isinstance(cause, CliError):
+            print(cause.render(), file=sys.stderr, flush=True)
+            return cause.code
+        if isinstance(cause, KeyboardInterrupt):
+            print("rigmesh: interrupted", file=sys.stderr)
+            return exits.INTERRUPTED
+        raise

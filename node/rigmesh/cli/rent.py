@@ -184,19 +184,22 @@ class Session:
         import trio
 
         self._output_done = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._events)
-            nursery.start_soon(self._output)
-            nursery.start_soon(self._signals, nursery)
-            if self.live_enabled:
-                nursery.start_soon(self._live)
-            engine = await self.node.wait_until(self.key, self.done, timeout=10**9)
-            if engine.use is not None:
-                await self._drain_output()
-            nursery.cancel_scope.cancel()
-        if self.live is not None:
-            self.live.stop()
-        return self._summary()
+        # Ctrl-C is ours until the summary is printed: one that comes while the rental ends
+        # must not kill the process before it says what was paid.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._events)
+                nursery.start_soon(self._output)
+                nursery.start_soon(self._signals, signals)
+                if self.live_enabled:
+                    nursery.start_soon(self._live)
+                engine = await self.node.wait_until(self.key, self.done, timeout=10**9)
+                if engine.use is not None:
+                    await self._drain_output()
+                nursery.cancel_scope.cancel()
+            if self.live is not None:
+                self.live.stop()
+            return self._summary()
 
     async def _drain_output(self) -> None:
         import trio
@@ -236,32 +239,33 @@ class Session:
         import trio
         from rich.console import Console
         from rich.live import Live
+        from rich.text import Text
 
-        self.live = Live(self.status_line(), console=Console(), refresh_per_second=4,
-                         transient=True, redirect_stdout=False, redirect_stderr=False)
+        self.live = Live(Text(self.status_line()), console=Console(highlight=False),
+                         refresh_per_second=4, transient=True, redirect_stdout=False,
+                         redirect_stderr=False)
         self.live.start()
         while True:
-            self.live.update(self.status_line())
+            self.live.update(Text(self.status_line()))
             await trio.sleep(0.5)
 
-    async def _signals(self, nursery: Any) -> None:
+    async def _signals(self, signals: Any) -> None:
         import trio
 
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if self.stopped:
+        async for signum in signals:
+            if self.stopped:
+                continue
+            if signum == signal.SIGINT and self.live_enabled:
+                if self.live is not None:
+                    self.live.stop()
+                answer = await trio.to_thread.run_sync(
+                    input, "\nstop the rental? (closes it and settles) [y/N] ")
+                if self.live is not None:
+                    self.live.start()
+                if answer.strip().lower() not in ("y", "yes"):
+                    self.say("continuing")
                     continue
-                if signum == signal.SIGINT and self.live_enabled:
-                    if self.live is not None:
-                        self.live.stop()
-                    answer = await trio.to_thread.run_sync(
-                        input, "\nstop the rental? (closes it and settles) [y/N] ")
-                    if self.live is not None:
-                        self.live.start()
-                    if answer.strip().lower() not in ("y", "yes"):
-                        self.say("continuing")
-                        continue
-                await self._stop()
+            await self._stop()
 
     async def _stop(self) -> None:
         self.stopped = True

@@ -18,7 +18,7 @@ Conditions are ANDed, separated by spaces. Fields, the operators each takes, and
     cpu_cores                >= >
     cpu_ram (ram)            >= >         GB, 1 GB = 1000 MiB
     interruptible            =            true / false
-    isolation                >=           none < process < sandbox < vm (how jobs are confined)
+    isolation                >=           none < namespaces < namespaces+cgroup (job confinement)
 
 Without a num_gpus condition only GPU offers match. A bad query raises `FilterError` with the
 column of the offending token. Parsing uses lark (an LALR grammar), conversion is exact
@@ -52,7 +52,7 @@ list: "[" [value ("," value)*] "]"
 FIELD: /[a-z_]+/
 OP: ">=" | "<=" | "!=" | "==" | "=" | ">" | "<"
 NUMBER.2: /\d+(\.\d+)?/
-WORD: /[A-Za-z0-9_.\-\/]+/
+WORD: /[A-Za-z0-9_.+\-\/]+/
 STRING: /"[^"]*"/ | /'[^']*'/
 %ignore /\s+/
 """
