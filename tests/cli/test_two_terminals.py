@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,8 @@ class Market:
     renter: Cli
     broke: Cli
     """A node whose account holds nothing."""
+    tty: Cli
+    """The renter of the pseudo-terminal tests (an identity of its own: see the report)."""
     bootstrap: str
     serving: subprocess.Popen[str]
     seen: list[str]
@@ -74,18 +77,19 @@ class Market:
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     root = tmp_path_factory.mktemp("market")
     provider, renter, broke = Cli(root / "provider"), Cli(root / "renter"), Cli(root / "broke")
-    funded = [init(provider), init(renter)]
+    tty = Cli(root / "tty")
+    funded = [init(provider), init(renter), init(tty)]
     init(broke)
     chain = Cli(root / "devnet")
     devnet = subprocess.Popen(
-        chain.argv("devnet", "--fund", funded[0], "--fund", funded[1], "--tokens", "100"),
+        chain.argv("devnet", *(x for a in funded for x in ("--fund", a)), "--tokens", "100"),
         env=chain.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     serving = None
     try:
         seen: list[str] = []
         read_until(devnet, r"^token = ", seen)
         lines = "".join(seen[seen.index("[chain]\n"):])
-        for cli in (provider, renter, broke):  # as a person pastes the printed lines
+        for cli in (provider, renter, broke, tty):  # as a person pastes the printed lines
             cli.config.write_text(lines)
         serving = subprocess.Popen(
             provider.argv("provide", "--price-per-hour", "3.60", "--region", "DE/test",
@@ -94,13 +98,22 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
             env=provider.environ(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         served: list[str] = []
         bootstrap = read_until(serving, r"renters join with: --bootstrap (\S+)", served).group(1)
-        yield Market(provider, renter, broke, bootstrap, serving, served)
+        yield Market(provider, renter, broke, tty, bootstrap, serving, served)
     finally:
         if serving is not None and serving.poll() is None:
-            interrupt(serving)
+            code, rest = interrupt(serving)
+            # SIGINT: offers withdrawn, a clean stop, exit 0
+            assert code == 0 and rest.rstrip().endswith("stopped"), rest
         if devnet.poll() is None:
             code, _ = interrupt(devnet)
             assert code == 0
+
+
+def test_devnet_without_anvil_says_how_to_get_it(tmp_path: Path) -> None:
+    r = Cli(tmp_path).call("devnet", RIGMESH_ANVIL=str(tmp_path / "no-anvil"))
+    assert r.returncode == exits.FAILURE
+    assert r.stderr.splitlines()[0] == "rigmesh: anvil is not installed"
+    assert "run `make setup`" in r.stderr and "RIGMESH_ANVIL" in r.stderr
 
 
 def amounts(out: str) -> tuple[int, int, int]:
@@ -209,7 +222,7 @@ pexpect = pytest.importorskip("pexpect")
 
 
 def spawn(market: Market, *args: str) -> pexpect.spawn:
-    cli = market.renter
+    cli = market.tty
     argv = cli.argv("rent", "--bootstrap", market.bootstrap, *args)
     child = pexpect.spawn(argv[0], argv[1:], env=cli.environ(), encoding="utf-8", timeout=90,
                           dimensions=(40, 200))

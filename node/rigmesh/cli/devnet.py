@@ -47,18 +47,18 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     from rigmesh.wire.eip712 import EthKey
 
     s = settings.load(args)
-    accounts = [_address(a) for a in args.fund]
-    if not accounts:
-        try:
-            accounts = [key_store(s).address()]
-        except KeyStoreError:
-            progress("no --fund given and no keys in this node's home: funding no account")
     binary = find_anvil()
     if binary is None:
         raise CliError("anvil is not installed",
                        "run `make setup` in the rigmesh checkout (it installs anvil under "
                        "contracts/node_modules), or put Foundry's anvil on PATH, or set "
                        "RIGMESH_ANVIL to its path", FAILURE)
+    accounts = [_address(a) for a in args.fund]
+    if not accounts:
+        try:
+            accounts = [key_store(s).address()]
+        except KeyStoreError:
+            progress("no --fund given and no keys in this node's home: funding no account")
     # Block the signals before anvil starts: it inherits the mask, and a Ctrl-C then reaches
     # anvil only through our shutdown (its process group gets it from the terminal anyway).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
