@@ -26,12 +26,8 @@ def _amount(text: str, decimals: int, flag: str) -> int:
 
 
 def _address(text: str) -> bytes:
-    h = text.removeprefix("0x")
-    try:
-        raw = bytes.fromhex(h)
-    except ValueError:
-        raw = b""
-    if len(raw) != 20:
+    raw = settings.hex_bytes(text, 20)
+    if raw is None:
         raise CliError(f"--fund: {text!r} is not an address (0x and 40 hex digits)",
                        "pass the account to fund, e.g. the one `rigmesh keys show` prints", USAGE)
     return raw

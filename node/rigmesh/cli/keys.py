@@ -28,12 +28,8 @@ def _show(keys: NodeKeys) -> int:
 
 def _import_secret(args: argparse.Namespace) -> bytes | None:
     if args.import_key is not None:
-        text = args.import_key.removeprefix("0x")
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            raw = b""
-        if len(raw) != 32:
+        raw = settings.hex_bytes(args.import_key, 32)
+        if raw is None:
             raise CliError("--import-key: expected 32 bytes as 64 hex digits (0x optional)",
                            "pass the account's private key, or use --import-keystore FILE",
                            USAGE)

@@ -167,14 +167,10 @@ def parse_value(key: Key, raw: Any, source: str, path: Path) -> Any:
     if not isinstance(raw, str):
         raise _fix(key, source, f"expected text, got {type(raw).__name__} {raw!r}", path)
     if kind == "address":
-        h = raw[2:] if raw.startswith(("0x", "0X")) else ""
-        if len(h) != 40:
+        address = hex_bytes(raw, 20) if raw.startswith(("0x", "0X")) else None
+        if address is None:
             raise _fix(key, source, f"{raw!r} is not an address (0x and 40 hex digits)", path)
-        try:
-            return bytes.fromhex(h)
-        except ValueError:
-            raise _fix(key, source, f"{raw!r} is not an address (0x and 40 hex digits)",
-                       path) from None
+        return address
     if kind == "url":
         if not raw.startswith(("http://", "https://", "ws://", "wss://")):
             raise _fix(key, source, f"{raw!r} is not an http(s) or ws(s) URL", path)
@@ -182,6 +178,15 @@ def parse_value(key: Key, raw: Any, source: str, path: Path) -> Any:
     if kind == "path":
         return Path(raw).expanduser()
     return raw
+
+
+def hex_bytes(text: str, size: int) -> bytes | None:
+    """`size` bytes written as hex ("0x" optional), else None."""
+    try:
+        raw = bytes.fromhex(text[2:] if text[:2] in ("0x", "0X") else text)
+    except ValueError:
+        return None
+    return raw if len(raw) == size else None
 
 
 def _check_multiaddr(key: Key, text: str, source: str, path: Path) -> None:
