@@ -1,4 +1,4 @@
-"""`rigmesh demo`: the one-process demo (rigmesh.demo)."""
+"""`rigmesh demo [ARGS]`: the demo (rigmesh.demo), which parses its own flags."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import argparse
 def cmd_demo(args: argparse.Namespace) -> int:
     from rigmesh.demo import main as demo_main
 
-    return demo_main()
+    rest = [*args.demo_args, *(["--", *args.rest] if args.rest else [])]
+    # A demo without flags of its own takes none (its main() then has no argv parameter).
+    return int(demo_main(rest) if rest else demo_main())
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    sub.add_parser("demo", help="provider and renter on loopback, end to end, in one process",
-                   parents=[common]).set_defaults(func=cmd_demo)
+    p = sub.add_parser("demo", add_help=False,
+                       help="the end-to-end demo on this machine (rigmesh demo --help)")
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
