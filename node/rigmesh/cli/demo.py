@@ -6,11 +6,14 @@ import argparse
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import inspect
+
     from rigmesh.demo import main as demo_main
 
     rest = [*args.demo_args, *(["--", *args.rest] if args.rest else [])]
-    # A demo without flags of its own takes none (its main() then has no argv parameter).
-    return int(demo_main(rest) if rest else demo_main())
+    # A demo without flags of its own has a main() without an argv parameter.
+    takes_argv = bool(inspect.signature(demo_main).parameters)
+    return int(demo_main(rest) if takes_argv else demo_main())
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
