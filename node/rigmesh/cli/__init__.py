@@ -88,6 +88,10 @@ def cmd_sim(argv: list[str]) -> int:
 def run(argv: list[str]) -> int:
     if argv[:1] == ["sim"]:  # everything after `sim` is the simulator's to parse
         return cmd_sim(argv[1:])
+    if argv[:1] == ["demo"]:  # and everything after `demo` the demo's
+        from rigmesh.cli.demo import run_demo
+
+        return run_demo(argv[1:])
     # Everything after the first `--` is a job's command line (`rigmesh rent ... -- cmd args`).
     rest: list[str] = []
     if "--" in argv:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def run_demo(rest: list[str]) -> int:
+    """The demo with exactly its own arguments (`rigmesh demo ...` hands them over unparsed)."""
     import inspect
 
     from rigmesh.demo import main as demo_main
 
-    rest = [*args.demo_args, *(["--", *args.rest] if args.rest else [])]
     # A demo without flags of its own has a main() without an argv parameter.
     takes_argv = bool(inspect.signature(demo_main).parameters)
     return int(demo_main(rest) if takes_argv else demo_main())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo([*args.demo_args, *(["--", *args.rest] if args.rest else [])])
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
