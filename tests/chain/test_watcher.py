@@ -2,7 +2,9 @@
 
 Reorganizations are made with the chains' snapshots: revert to before a block and mine other
 blocks in its place (`evm_snapshot`/`evm_revert` on anvil, eth-tester's snapshots on py-evm).
-Each test calls `poll` itself (or waits on `polled`), so nothing waits on a clock.
+The chains are the escrow tests' (`chain`: py-evm and anvil, each test from a snapshot after
+deployment; tests/chain/conftest.py). Each test calls `poll` itself (or waits on `polled`), so
+nothing waits on a clock.
 """
 
 from __future__ import annotations
@@ -13,40 +15,16 @@ from pathlib import Path
 
 import pytest
 import trio
-from web3 import Web3
 
-from rigmesh.chain.anvil import ANVIL_DEV_KEY, Anvil, find_anvil
 from rigmesh.chain.watcher import REWIND, Applied, ChainWatcher
 from rigmesh.escrow.client import AsyncEscrowClient, EscrowClient, limiter_for
 from rigmesh.escrow.model import ETH
 from rigmesh.rental.actions import ChainEvent, Opened
 from rigmesh.store.ledger import Ledger
-from rigmesh.wire.eip712 import EthKey, Terms
-from tests.escrow.chains import MIN_WINDOW, TestChain, deploy, key, pyevm_chain
+from rigmesh.wire.eip712 import Terms
+from tests.escrow.chains import MIN_WINDOW, TestChain, key
 
 DEPOSIT = 10**15
-
-
-@pytest.fixture(scope="module", params=["pyevm", pytest.param("anvil", marks=pytest.mark.anvil)])
-def chain_module(request: pytest.FixtureRequest) -> Iterator[TestChain]:
-    if request.param == "pyevm":
-        yield pyevm_chain()
-        return
-    binary = find_anvil()
-    if binary is None:
-        pytest.skip("anvil binary not found: run `cd contracts && npm ci` (CI has it)")
-    with Anvil.start(binary) as node:
-        w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 10}))
-        yield deploy(TestChain("anvil", w3, node.chain_id, EthKey(ANVIL_DEV_KEY), anvil=node))
-
-
-@pytest.fixture
-def chain(chain_module: TestChain) -> Iterator[TestChain]:
-    snap = chain_module.snapshot()
-    try:
-        yield chain_module
-    finally:
-        chain_module.revert(snap)
 
 
 class Seen:
