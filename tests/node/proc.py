@@ -51,7 +51,7 @@ class Spec:
     provider: bool
     bootstrap: tuple[str, ...] = ()
     rent: tuple[str, int] | None = None  # (the job's Python code, seconds)
-    grace: int | None = None  # both sides' grace (None: the node tests' short TIMERS)
+    timers: dict[str, int] | None = None  # both sides' changes to the node tests' TIMERS
 
     @property
     def keys(self) -> NodeKeys:
@@ -90,7 +90,7 @@ async def serve(spec: Spec) -> None:
                              bytes.fromhex(spec.token), poll=0.2)
     # Net builds a test node's config and provider settings (short timers); no chain needed.
     net = Net(None, settings, Path(spec.home).parent)  # type: ignore[arg-type]
-    timers = TIMERS if spec.grace is None else replace(TIMERS, grace_seconds=spec.grace)
+    timers = replace(TIMERS, **(spec.timers or {}))
     provider = None
     if spec.provider:
         provider = net.provider_settings()
@@ -99,10 +99,11 @@ async def serve(spec: Spec) -> None:
                         provider=provider)
     config = replace(config, listen=(f"/ip4/127.0.0.1/tcp/{spec.port}",))
     async with open_node(config) as node, trio.open_nursery() as nursery:
+        await nursery.start(_notices, node)
+        # After subscribing: what ended before is in the ledger, what ends after is a notice.
         for row in node.ledger.rentals():
             emit({"event": "row", "key": row.key.hex(), "state": row.state,
                   "ended_by": row.ended_by})
-        await nursery.start(_notices, node)
         emit({"event": "ready", "peer": node.peer_id.hex()})
         if spec.rent is not None and not node.ledger.rentals(role="renter"):
             code, seconds = spec.rent
