@@ -625,6 +625,11 @@ class SubprocessRunner:
         self.keep_workdirs = keep_workdirs
         self.runner_id = validate_runner_id(runner_id)
 
+    def reap_stale(self) -> int:
+        """Kill the jobs an earlier run of this node left (the node calls it at start-up, as
+        for `ConfinedRunner`): a job outlives its SIGKILLed node otherwise."""
+        return reap_stale_jobs(self.runner_id) if self.runner_id else 0
+
     @contextlib.asynccontextmanager
     async def start(self, spec: JobSpec) -> AsyncIterator[SupervisedJob]:
         workdir = tempfile.mkdtemp(prefix="rigmesh-job-", dir=self.base_dir)

@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS offers (
 );
 """
 
+_ROLES = ("renter", "provider")
+_RECORD_KINDS = ("agreement", "heartbeat", "receipt")
+_TX_STATUSES = ("sent", "mined", "reverted")
+
 
 @dataclass(frozen=True, slots=True)
 class RentalWrite:
@@ -157,6 +161,16 @@ class Ledger:
 
     def save(self, writes: list[RentalWrite]) -> None:
         """Persist a batch of engine steps in one commit (later steps of a rental win)."""
+        for w in writes:  # refused before anything is written (the batch is one commit)
+            if w.role not in _ROLES:
+                raise ValueError(f"rental {w.key.hex()}: role {w.role!r} is not one of {_ROLES}")
+            if not w.state.startswith(("negotiation:", "usage:")):
+                raise ValueError(f"rental {w.key.hex()}: state {w.state!r} is neither "
+                                 "'negotiation:<state>' nor 'usage:<state>'")
+            for kind, _ in w.records:
+                if kind not in _RECORD_KINDS:
+                    raise ValueError(f"rental {w.key.hex()}: record kind {kind!r} is not one "
+                                     f"of {_RECORD_KINDS}")
         now = int(time.time())
 
         def run(db: sqlite3.Connection) -> None:
@@ -209,10 +223,18 @@ class Ledger:
 
     def tx_outcome(self, op_id: str, *, status: str, block: int | None = None,
                    error: str | None = None) -> None:
-        self._write(lambda db: db.execute(
-            "UPDATE transactions SET status = ?, block = ?, error = ? WHERE op_id = ?",
-            (status, block, error, op_id),
-        ))
+        if status not in _TX_STATUSES:
+            raise ValueError(f"transaction status {status!r} is not one of {_TX_STATUSES}")
+
+        def run(db: sqlite3.Connection) -> None:
+            cursor = db.execute(
+                "UPDATE transactions SET status = ?, block = ?, error = ? WHERE op_id = ?",
+                (status, block, error, op_id),
+            )
+            if cursor.rowcount == 0:  # an outcome for a transaction never journaled: a bug
+                raise KeyError(f"no transaction {op_id} in the journal")
+
+        self._write(run)
 
     def transactions(self, prefix: str = "") -> list[TxRow]:
         with self._lock:
