@@ -7,7 +7,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node_modules/.installed
 FORGE := contracts/node_modules/.bin/forge
 
-.PHONY: all setup system-deps test lint forge pytest demo bench vectors spec artifacts clean
+.PHONY: all setup system-deps test lint forge pytest demo bench vectors spec artifacts clean crash-matrix
 
 all: test
 
@@ -50,6 +50,10 @@ pytest: setup
 	$(PY) -m pytest -q
 
 test: setup lint forge pytest
+
+# Every fault point of the crash matrix (SIGKILL, restart, books checked), both roles: ~10 min.
+crash-matrix: setup
+	$(PY) -m pytest -q -m 'matrix or not matrix' tests/node/test_crash.py
 
 demo: setup
 	$(VENV)/bin/rigmesh demo

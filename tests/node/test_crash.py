@@ -16,8 +16,8 @@ The points are those a rental whose job exits by itself reaches (a job of about 
 heartbeats every two; the renter opens, the provider settles): each is killed once per run of
 this module. The cases run a few at a time, in the fixture of the first test (one anvil), and
 only the selected ones: the full matrix takes about 5 minutes on 2 loaded cores (node start-up
-is mostly imports, ~3.5 s of CPU, three per case); `-m "not slow"` keeps one point per phase and
-role (6 cases, under 2 minutes).
+is mostly imports, ~3.5 s of CPU, three per case); the default run keeps one point per phase and
+role (6 cases, under 2 minutes); `make crash-matrix` runs them all.
 
 A provider that dies while its job runs: the job dies with the node (its leftovers are reaped at
 restart), the rental ends with the last heartbeat marked lost (PROVIDER_RESTARTED) and settles
@@ -73,7 +73,7 @@ NEGOTIATING = frozenset({EXITED, EXPIRED, REJECTED})
 #: ran or after it ended, the rental resumes and its job exits (or, killed while negotiating,
 #: the negotiation may have timed out meanwhile: nothing was paid); a provider killed while
 #: its job runs loses the job. The points that are not `slow` are one of each phase and role
-#: (the fast subset: `-m "not slow"`).
+#: (the default run; `make crash-matrix` adds the rest, marked `matrix`).
 MATRIX: dict[tuple[str, str], tuple[frozenset[str], bool]] = {  # (exits, slow)
     ("renter", "before-send:proposal"): (NEGOTIATING, True),
     ("renter", "after-send:proposal"): (NEGOTIATING, False),
@@ -282,7 +282,7 @@ def matrix(chain: Chain, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.mark.parametrize(("role", "point"), [
-    pytest.param(role, point, id=f"{role}:{point}", marks=[pytest.mark.slow] if slow else [])
+    pytest.param(role, point, id=f"{role}:{point}", marks=[pytest.mark.matrix] if slow else [])
     for (role, point), (_, slow) in MATRIX.items()
 ])
 def test_crash_point(matrix: Results, role: str, point: str) -> None:
