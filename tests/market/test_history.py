@@ -133,7 +133,8 @@ def test_scores_go_to_the_peers_that_bind_the_payee() -> None:
     history.providers[good] = ProviderStats(good, opened=10, settled=10)
     history.providers[bad] = ProviderStats(bad, opened=10, finalized=10)
     reputation = Reputation()
-    history.apply_scores(reputation, {b"peer-good": good, b"peer-bad": bad, b"peer-new": b"\3" * 20})
+    peers = {b"peer-good": good, b"peer-bad": bad, b"peer-new": b"\3" * 20}
+    history.apply_scores(reputation, peers)
     assert reputation.score(b"peer-good") == 750  # (20 + 10) * 1000 // 40
     assert reputation.score(b"peer-bad") == 250
     assert reputation.score(b"peer-new") == 500
