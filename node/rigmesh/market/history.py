@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from rigmesh.escrow.model import MAX_TIMESTAMP, Event
 from rigmesh.market.reputation import MAX_SCORE, Reputation
@@ -170,7 +170,8 @@ class History:
         return new
 
     def _apply(self, event: Event, block: int, block_time: Mapping[int, int]) -> None:
-        name, a = event.name, event.args
+        name = event.name
+        a: tuple[Any, ...] = event.args
         if name == "Opened":
             rid, renter, provider, token, _deposit, _price, max_s, window = a[:8]
             deadline = min(block_time[block] + int(max_s) + int(window), MAX_TIMESTAMP)
@@ -179,18 +180,18 @@ class History:
             stats.opened += 1
             stats.renters.add(renter)
             return
-        r = self._rentals.get(a[0])  # type: ignore[arg-type]
+        r = self._rentals.get(a[0])
         if r is None or r.closed:
             return  # opened before the scan's first block: its record is incomplete
         if name == "CloseRequested":
             r.close_requested = True
-            r.deadline = min(r.deadline, int(a[1]))  # type: ignore[call-overload]
+            r.deadline = min(r.deadline, int(a[1]))
         elif name == "Claimed":
-            r.uptime = max(r.uptime, int(a[2]))  # type: ignore[call-overload]
+            r.uptime = max(r.uptime, int(a[2]))
         elif name == "Settled":
             _rid, to_provider, _to_renter, uptime, _closed_by = a
             r.closed = True
-            r.uptime = max(r.uptime, int(uptime))  # type: ignore[call-overload]
+            r.uptime = max(r.uptime, int(uptime))
             stats = self.providers[r.provider]
             if block_time[block] > r.deadline:
                 stats.finalized += 1
@@ -199,7 +200,7 @@ class History:
             else:
                 stats.settled += 1
             stats.seconds_paid += r.uptime
-            stats.volume[r.token] = stats.volume.get(r.token, 0) + int(to_provider)  # type: ignore[call-overload]
+            stats.volume[r.token] = stats.volume.get(r.token, 0) + int(to_provider)
 
     def scan(self, reader: EventReader, to_block: int | None = None, *,
              confirmations: int = 0) -> int:
