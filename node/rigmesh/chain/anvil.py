@@ -70,24 +70,26 @@ class Anvil:
         chain_id: int = DEFAULT_CHAIN_ID,
         extra_args: tuple[str, ...] = (),
         timeout: float = 20.0,
+        port: int | None = None,
     ) -> Anvil:
+        """Start anvil on `port` (default: a free one), wait until it answers."""
         binary = binary or find_anvil()
         if binary is None:
             raise AnvilError("anvil not found (cd contracts && npm ci)")
         last_error: Exception | None = None
         # The free port can be taken between probing and anvil binding it: try a few.
-        for _ in range(3):
-            port = _free_port()
+        for _ in range(1 if port else 3):
+            port_now = port or _free_port()
             process = subprocess.Popen(
                 [
-                    str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent",
+                    str(binary), "--host", "127.0.0.1", "--port", str(port_now), "--silent",
                     "--chain-id", str(chain_id), *extra_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )  # fmt: skip
-            node = cls(process, port, chain_id)
+            node = cls(process, port_now, chain_id)
             try:
                 node._wait_ready(timeout)
                 return node

@@ -91,3 +91,33 @@ def format_usd_per_hour(price_per_second: int, *, decimals: int,
     cents = per_hour(price_per_second, decimals=decimals, usd_per_token=usd_per_token) * 100
     whole = (cents.numerator * 2 + cents.denominator) // (cents.denominator * 2)
     return f"${whole // 100}.{whole % 100:02d}/h"
+
+
+def per_second_exact(per_hour: str, *, decimals: int) -> int:
+    """A provider's price: whole tokens per hour as decimal text ("3.60") -> base units per
+    second, exactly. Offers carry an integer per second, so a price that is not a whole number of
+    base units per second is refused (never rounded behind the provider's back); the error names
+    the two nearest prices that are (at 6 decimals, 3.60/h is 1000 units/s; 2.50/h is not)."""
+    if type(per_hour) is not str or len(per_hour) > 60:
+        raise InvalidField("price: expected decimal text such as '3.60'")
+    m = re.fullmatch(_NUMBER, per_hour.strip())
+    if m is None:
+        raise InvalidField(f"price: {per_hour!r} is not a decimal number of tokens per hour")
+    exact = Fraction(Decimal(m.group(1))) * 10**decimals / 3600
+    if exact.denominator == 1:
+        if exact < 1:
+            raise InvalidField("price: must be positive")
+        return int(exact)
+    low = int(exact)
+    nearest = [p for p in (low, low + 1) if p >= 1]
+    shown = " or ".join(f"{_tokens_per_hour(p, decimals)} ({p} units/s)" for p in nearest)
+    shown_exact = Decimal(exact.numerator) / Decimal(exact.denominator)
+    raise InvalidField(
+        f"price: {per_hour} per hour is {shown_exact:.4f} base units per second, not a whole "
+        f"number; the nearest valid prices per hour are {shown}")
+
+
+def _tokens_per_hour(per_second: int, decimals: int) -> str:
+    """Base units per second as whole tokens per hour, exactly (no trailing zeros)."""
+    text = format(Decimal(per_second * 3600).scaleb(-decimals).normalize(), "f")
+    return text

@@ -107,6 +107,22 @@ def _open_seed(doc: dict[str, Any], password: str) -> bytes:
     return seed
 
 
+def read_keystore(path: Path, password: str) -> bytes:
+    """The secret key in an Ethereum keystore v3 file (any wallet's export)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise KeyStoreError(f"no keystore file at {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KeyStoreError(f"{path} is not a keystore v3 JSON file: {exc}") from None
+    try:
+        return bytes(Account.decrypt(doc, password))
+    except ValueError as exc:  # eth_account says "MAC mismatch" for a wrong password
+        raise KeyStoreError(f"{path}: {exc} (wrong password?)") from None
+    except (KeyError, TypeError) as exc:
+        raise KeyStoreError(f"{path} is not a keystore v3 file: missing {exc}") from None
+
+
 class KeyStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -144,6 +160,25 @@ class KeyStore:
         except ValueError as exc:
             raise KeyStoreError(f"account.json: {exc}") from None
         return NodeKeys(identity.PeerKey(seed), eip712.EthKey(bytes(secret)))
+
+    def address(self) -> bytes:
+        """The account's address, read without the password (keystore v3 keeps it in clear)."""
+        try:
+            return bytes.fromhex(json.loads((self.directory / ACCOUNT_FILE).read_text())["address"])
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            raise KeyStoreError(f"no readable account in {self.directory}: {exc}") from None
+
+    def export_account(self, password: str, path: Path, *, new_password: str | None = None,
+                       cost: KdfCost = STANDARD) -> bytes:
+        """Write the account as an Ethereum keystore v3 file any wallet imports (under
+        `new_password`, default the store's). Refuses to overwrite. Returns the address."""
+        account = self.load(password).account
+        if path.exists():
+            raise KeyStoreError(f"{path} exists; not overwriting it")
+        doc = Account.encrypt(account.secret, new_password or password, kdf="scrypt",
+                              iterations=cost.scrypt_n)
+        _write_private(path, doc)
+        return account.address
 
     def load_or_create(self, password: str, *, cost: KdfCost = STANDARD) -> NodeKeys:
         return self.load(password) if self.exists() else self.create(password, cost=cost)
