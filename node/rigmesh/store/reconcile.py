@@ -408,13 +408,14 @@ def read_chain(client: EscrowClient, account: bytes, *, from_block: int = 0,
     return out
 
 
-def reconcile_account(ledger: Ledger, client: EscrowClient, *, confirmations: int = 0,
-                      from_block: int = 0) -> Report:
-    """Reconcile the ledger of `client`'s account with the chain up to the head."""
+def reconcile_account(ledger: Ledger, client: EscrowClient, *, account: bytes | None = None,
+                      confirmations: int = 0, from_block: int = 0) -> Report:
+    """Reconcile the ledger of `account` (default: the client's) with the chain up to the head
+    (reading needs no key: the client may hold any)."""
     client.check_deployed()
     entries = read_ledger(ledger, client.address)
     head = client.head()
-    chain = read_chain(client, client.sender, from_block=from_block, to_block=head,
+    chain = read_chain(client, account or client.sender, from_block=from_block, to_block=head,
                        tx_hashes=[e.tx_hash for e in entries if e.tx_hash is not None])
     found = {c.tx_hash for c in chain}
     tx_blocks = {}
