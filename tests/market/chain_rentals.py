@@ -1,5 +1,7 @@
 """Real rentals on the embedded chain through the escrow client, for history and reconciliation.
 
+Test modules import the fixtures `chain_module` and `rentals` from here.
+
 Each helper sends the transactions the nodes would (deposit, open, claim, settle, request close,
 finalize) from the real accounts, so the escrow's events are the contract's own.
 """
@@ -7,12 +9,14 @@ finalize) from the real accounts, so the escrow's events are the contract's own.
 from __future__ import annotations
 
 import itertools
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
+
+import pytest
 
 from rigmesh.escrow.client import EscrowClient, TxOutcome
 from rigmesh.wire.eip712 import EthKey, Receipt, Terms
-from tests.escrow.chains import MIN_WINDOW, TestChain, key
+from tests.escrow.chains import MIN_WINDOW, TestChain, key, pyevm_chain
 
 PRICE = 1_000  # base units per second
 DEPOSIT = 1_000_000
@@ -76,3 +80,18 @@ class Rentals:
         state = who.client.rental_state(terms.rental_id)
         self.chain.advance(state.deadline - who.client.chain_time() + 1)
         return who.client.finalize(terms, op_id=f"finalize:{terms.rental_id.hex()}")
+
+
+@pytest.fixture(scope="module")
+def chain_module() -> TestChain:
+    return pyevm_chain()
+
+
+@pytest.fixture
+def rentals(chain_module: TestChain) -> Iterator[Rentals]:
+    """A fresh start for each test: the chain is reverted to a snapshot afterwards."""
+    snap = chain_module.snapshot()
+    try:
+        yield Rentals(chain_module)
+    finally:
+        chain_module.revert(snap)

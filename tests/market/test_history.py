@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from rigmesh.market.history import History, ProviderStats, score
 from rigmesh.market.reputation import DEFAULT_SCORE, Reputation
-from tests.escrow.chains import TestChain, pyevm_chain
+from tests.market import chain_rentals
 from tests.market.chain_rentals import DEPOSIT, PRICE, Rentals
 
-
-@pytest.fixture(scope="module")
-def chain_module() -> TestChain:
-    return pyevm_chain()
-
-
-@pytest.fixture
-def rentals(chain_module: TestChain) -> Iterator[Rentals]:
-    snap = chain_module.snapshot()
-    try:
-        yield Rentals(chain_module)
-    finally:
-        chain_module.revert(snap)
+# The shared fixtures (a chain snapshot per test), by name for pytest.
+chain_module, rentals = chain_rentals.chain_module, chain_rentals.rentals
 
 
 def test_each_way_a_rental_ends_is_counted(rentals: Rentals) -> None:

@@ -28,11 +28,14 @@ from rigmesh.store.reconcile import (
     reconcile,
     reconcile_account,
 )
-from tests.escrow.chains import TestChain, pyevm_chain
+from tests.market import chain_rentals
 from tests.market.chain_rentals import DEPOSIT, PRICE, Party, Rentals
 
 TX = [bytes([i]) * 32 for i in range(10)]
 RID = b"\xaa" * 32
+
+# The shared fixtures (a chain snapshot per test), by name for pytest.
+chain_module, rentals = chain_rentals.chain_module, chain_rentals.rentals
 
 
 def kinds(report: Report) -> list[tuple[str, str, int | None, int | None]]:
@@ -114,19 +117,6 @@ def test_sent_and_mined_without_a_recorded_outcome_matches() -> None:
 
 # -- a ledger on disk against the embedded chain ------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def chain_module() -> TestChain:
-    return pyevm_chain()
-
-
-@pytest.fixture
-def rentals(chain_module: TestChain) -> Iterator[Rentals]:
-    snap = chain_module.snapshot()
-    try:
-        yield Rentals(chain_module)
-    finally:
-        chain_module.revert(snap)
 
 
 @pytest.fixture
