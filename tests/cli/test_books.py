@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -65,6 +66,11 @@ def _workload(code: str) -> Workload:
     return Workload("command", (sys.executable, "-c", code), 0)
 
 
+def _where(node: Any, key: bytes) -> str:
+    e = node.engine(key)
+    return "no engine" if e is None else f"{e.neg.state} {e.use and e.use.state}"
+
+
 async def _rent(chain: ChainSettings, root: Path, renter_keys: NodeKeys,
                 renter_home: Path) -> tuple[bytes, bytes]:
     """Two real rentals between two nodes: one runs to settlement, one is left open."""
@@ -80,10 +86,11 @@ async def _rent(chain: ChainSettings, root: Path, renter_keys: NodeKeys,
         renter = NodeConfig(home=renter_home, keys=renter_keys, chain=chain, target_peers=0,
                             bootstrap=tuple(p.addrs()))
         async with open_node(renter) as r:
-            with trio.fail_after(30):
+            with trio.move_on_after(60) as waited:
                 while len(found := r.book.query(OfferQuery(gpu_required=False), r.now())) < 2:
                     await r.gossip.anti_entropy()
                     await trio.sleep(0.1)
+            assert not waited.cancelled_caught, f"the renter's book holds {len(r.book)} offer(s)"
             offers = {o.offer.listing: o for o in found}
 
             def wants(code: str, seconds: int) -> RenterWants:
@@ -91,13 +98,21 @@ async def _rent(chain: ChainSettings, root: Path, renter_keys: NodeKeys,
                                    budget=Budget(cap=PRICE * seconds), timers=TIMERS)
 
             key = await r.rent(offers[0], wants("print('hi')", 20))
-            done = await r.wait_until(
-                key, lambda e: e.use is not None and e.use.state is UseState.CLOSED, timeout=60)
+            try:
+                done = await r.wait_until(
+                    key, lambda e: e.use is not None and e.use.state is UseState.CLOSED,
+                    timeout=90)
+            except trio.TooSlowError:
+                raise AssertionError(f"the first rental did not close: {_where(r, key)}") from None
             assert done.use is not None
             settled = done.use.rental_id
             key = await r.rent(offers[1], wants("import time; time.sleep(300)", 600))
             # Funded (the "funded" notice wakes the wait): open on chain, the job starting.
-            running = await r.wait_until(key, lambda e: e.use is not None, timeout=60)
+            try:
+                running = await r.wait_until(key, lambda e: e.use is not None, timeout=90)
+            except trio.TooSlowError:
+                raise AssertionError(f"the second rental was not funded: {_where(r, key)}") \
+                    from None
             assert running.use is not None
             left_open = running.use.rental_id
             await r.watcher.poll()
