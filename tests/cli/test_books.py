@@ -183,6 +183,18 @@ def test_list_show_and_export(books: Books, tmp_path: Path) -> None:
     assert table["0x" + books.open.hex()]["end_utc"] == ""
 
 
+def test_reputation_from_the_chain(books: Books) -> None:
+    cli = books.renter
+    payee = "0x" + _provider_keys.account.address.hex()
+    rows = _json(cli.run("reputation", payee, "--json", password=None))
+    assert isinstance(rows, list) and len(rows) == 1
+    p = rows[0]
+    assert (p["provider"], p["opened"], p["settled"], p["finalized"]) == (payee, 2, 1, 0)
+    assert p["score"] == 545  # one settled rental: (2 + 10) * 1000 // 22
+    bad = cli.run("reputation", "0x12", password=None)
+    assert bad.returncode == exits.USAGE and "'0x12' is not an address" in bad.stderr
+
+
 def test_bad_ids_are_refused(books: Books) -> None:
     cli = books.renter
     bad = cli.run("rentals", "show", "zz", password=None)

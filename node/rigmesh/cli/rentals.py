@@ -382,7 +382,53 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if not report.differences else FAILURE
 
 
+# -- reputation ------------------------------------------------------------------------------------
+
+
+def cmd_reputation(args: argparse.Namespace) -> int:
+    """Providers' records from the escrow's public events (rigmesh.market.history)."""
+    from rigmesh.market.history import History
+
+    s = settings.load(args)
+    history = History(args.from_block)
+    history.scan(reader(s, connect(s)), confirmations=s["chain.confirmations"])
+    if args.provider:
+        h = args.provider.lower().removeprefix("0x")
+        try:
+            wanted = [bytes.fromhex(h)]
+        except ValueError:
+            wanted = []
+        if len(h) != 40 or not wanted:
+            raise CliError(f"{args.provider!r} is not an address (0x and 40 hex digits)",
+                           "pass the payee address of a provider's offers", USAGE)
+        stats = [history.stats(a) for a in wanted]
+    else:
+        stats = sorted(history.providers.values(), key=lambda p: (-p.score(), p.provider))
+    docs = [p.to_json() for p in stats]
+    if args.json:
+        print_json(docs)
+        return 0
+    print(f"{'provider':<42} {'score':>5} {'settled':>7} {'on req.':>7} {'final.':>6} "
+          f"{'open':>4} {'seconds':>8}")
+    for d in docs:
+        print(f"{d['provider']:<42} {d['score']:>5} {d['settled']:>7} "
+              f"{d['closed_on_request']:>7} {d['finalized']:>6} {d['open_now']:>4} "
+              f"{d['seconds_paid']:>8}")
+    progress("score 0..1000 (500: no history); a provider can rent to itself, so read it as a "
+             "floor against providers that vanish, not as proof of quality")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    rep = sub.add_parser(
+        "reputation", parents=[common], help="providers' records from the chain's escrow events",
+        description="Count, per provider (the payee its offers bind), the rentals it settled, "
+        "those closed at the renter's request, those finalized after the deadline, the seconds "
+        "and volume paid, and the 0..1000 score the offer book ranks by.")
+    rep.add_argument("provider", nargs="?", help="one provider's payee address (default: all)")
+    rep.add_argument("--from-block", type=int, default=0, help="first block to read (default 0)")
+    rep.add_argument("--json", action="store_true", help="machine-readable output")
+    rep.set_defaults(func=cmd_reputation)
     p = sub.add_parser(
         "rentals", parents=[common], help="this node's rentals: list, show, close, export, "
         "reconcile",
