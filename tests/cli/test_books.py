@@ -27,6 +27,7 @@ from rigmesh.market.offer import Region
 from rigmesh.market.query import OfferQuery
 from rigmesh.node import ChainSettings, NodeConfig, ProviderSettings, open_node
 from rigmesh.rental.money import Budget
+from rigmesh.rental.negotiation import NegState
 from rigmesh.rental.policy import ProviderPolicy, RenterWants
 from rigmesh.rental.timers import Timers
 from rigmesh.rental.usage import UseState
@@ -106,13 +107,22 @@ async def _rent(chain: ChainSettings, root: Path, renter_keys: NodeKeys,
                 raise AssertionError(f"the first rental did not close: {_where(r, key)}") from None
             assert done.use is not None
             settled = done.use.rental_id
-            key = await r.rent(offers[1], wants("import time; time.sleep(300)", 600))
-            # Funded (the "funded" notice wakes the wait): open on chain, the job starting.
-            try:
-                running = await r.wait_until(key, lambda e: e.use is not None, timeout=90)
-            except trio.TooSlowError:
-                raise AssertionError(f"the second rental was not funded: {_where(r, key)}") \
-                    from None
+            # The provider may have replaced its offers (a newer seq) when the first rental took
+            # a slot: an old one is refused as unknown, so rent again from the refreshed book.
+            for _attempt in range(3):
+                await r.gossip.anti_entropy()
+                fresh = [o for o in r.book.query(OfferQuery(gpu_required=False), r.now())
+                         if o.offer.listing == 1]
+                key = await r.rent(fresh[0], wants("import time; time.sleep(300)", 600))
+                try:
+                    running = await r.wait_until(
+                        key, lambda e: e.use is not None or e.neg.state is NegState.REJECTED,
+                        timeout=90)
+                except trio.TooSlowError:
+                    raise AssertionError(
+                        f"the second rental was not funded: {_where(r, key)}") from None
+                if running.use is not None:
+                    break
             assert running.use is not None
             left_open = running.use.rental_id
             await r.watcher.poll()
@@ -139,7 +149,13 @@ def books(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Books]:
             f'[chain]\nrpc = "{node.url}"\nchain_id = {d.chain_id}\n'
             f'escrow = "0x{d.escrow.hex()}"\ntoken = "0x{d.token.hex()}"\n')
         chain = ChainSettings(node.url, d.chain_id, d.escrow, d.token, poll=0.2)
-        settled, left_open = trio.run(_rent, chain, root, keys, renter.home)
+        try:
+            settled, left_open = trio.run(_rent, chain, root, keys, renter.home)
+        except BaseExceptionGroup as group:  # the nodes' nurseries nest it too deep to read
+            leaf: BaseException = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
         yield Books(node, w3, d, renter, keys, settled, left_open)
 
 
