@@ -136,7 +136,7 @@ def test_the_wheel_installs_and_runs_alone(tmp_path: Path) -> None:
     assert str(venv) in where.stdout, where.stdout
     # A real command on the embedded chain: the demo deploys the escrow on py-evm, runs
     # libp2p hosts and a rental, and checks the money rules itself.
-    demo = _run([str(rigmesh), "demo"], cwd=outside, env=env)
+    demo = _run([str(rigmesh), "demo", "--embedded"], cwd=outside, env=env)
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert demo.stdout.rstrip().endswith("demo complete")
     assert time.monotonic() - started < 180
