@@ -373,7 +373,7 @@ class Heartbeat(NamedTuple):
                 "time": self.time, "uptime": self.uptime, "receipt_seq": self.receipt_seq,
                 "job": {"state": self.state, "exit": self.exit,
                         "outputs": [f.to_wire() for f in self.outputs]},
-                "gpus": [s.to_cbor_map() for s in self.gpus],
+                "gpus": [s.wire_map() for s in self.gpus],
             },
         )
 
