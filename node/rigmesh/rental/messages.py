@@ -23,6 +23,7 @@ machines' business (negotiation.py, usage.py). Signatures are made and checked t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, NamedTuple
 
@@ -378,12 +379,19 @@ class Heartbeat(NamedTuple):
         )
 
 
-class SignedHeartbeat(NamedTuple):
+class _SignedHeartbeatFields(NamedTuple):
     heartbeat: Heartbeat
     sig: bytes
     encoded: bytes
 
-    @property
+
+class SignedHeartbeat(_SignedHeartbeatFields):
+    """A heartbeat with its signature and encoding. Its digest is hashed once: each round reads
+    it several times (the next heartbeat's ``prev``, the receipt's ``evidence``, both sides'
+    checks). Subclassing the tuple gives the instance a ``__dict__`` for that one value;
+    equality and unpacking stay the tuple's."""
+
+    @functools.cached_property
     def digest(self) -> bytes:
         """What the next heartbeat's ``prev`` and the answering receipt's ``evidence`` hold."""
         return hashlib.sha256(self.encoded).digest()
