@@ -6,6 +6,7 @@ this test would prove nothing) and on 6,000 mutations of them."""
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 from collections.abc import Callable
 from types import MappingProxyType
@@ -152,3 +153,21 @@ def test_the_sample_fast_path_accepts_only_what_the_strict_read_accepts() -> Non
         assert fast == strict, m
         accepted += fast[0] == "accepted"
     assert 500 < accepted < 3900  # both outcomes are exercised
+
+
+def test_a_sample_builds_its_wire_map_once_and_hands_out_copies() -> None:
+    """A provider sends each sample in several heartbeats: `wire_map` is built once and shared;
+    `to_cbor_map` gives a copy (changing it changes nothing), and the cached map stays out of
+    equality, hashing and pickling."""
+    s = sample(3)
+    shared = s.wire_map()
+    assert s.wire_map() is shared
+    copy = s.to_cbor_map()
+    assert copy == shared and copy is not shared
+    copy["t"] = 0
+    assert s.wire_map()["t"] == NOW * 1000 + 3 and s.to_cbor_map()["t"] == NOW * 1000 + 3
+    fresh = sample(3)
+    assert fresh == s and hash(fresh) == hash(s)
+    again = pickle.loads(pickle.dumps(s))
+    assert again == s and again.wire_map() == shared and again.wire_map() is not shared
+    assert TelemetrySample.from_cbor_map(shared) == s

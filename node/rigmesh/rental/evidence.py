@@ -45,8 +45,15 @@ class TelemetryDecodeError(WireError):
         self.problem = problem
 
 
+class _WireMapSlot:
+    """The slot where a sample keeps its CBOR map once built (`TelemetrySample.wire_map`). Not a
+    dataclass field: equality, hashing, repr and pickling see the readings only."""
+
+    __slots__ = ("_wire",)
+
+
 @dataclass(frozen=True, slots=True)
-class TelemetrySample:
+class TelemetrySample(_WireMapSlot):
     """One GPU at one instant, as the provider's node read it.
 
     Optional readings are None when the GPU or the source does not report them; they are left out
@@ -106,11 +113,22 @@ class TelemetrySample:
 
     def to_cbor_map(self) -> dict[str, Any]:
         """Map ready for canonical CBOR encoding (keys short, None readings omitted)."""
+        return dict(self.wire_map())
+
+    def wire_map(self) -> dict[str, Any]:
+        """`to_cbor_map`, built once per sample and shared: the caller must not change it. A
+        sample goes out in every heartbeat while it is among its GPU's newest, so a provider
+        would otherwise build the same map several times."""
+        try:
+            return self._wire  # type: ignore[no-any-return]
+        except AttributeError:
+            pass
         out: dict[str, Any] = {"v": SAMPLE_VERSION}
         for attr, key in self.KEYS.items():
             val = getattr(self, attr)
             if val is not None:
                 out[key] = val
+        object.__setattr__(self, "_wire", out)
         return out
 
     @classmethod
@@ -149,15 +167,23 @@ class TelemetrySample:
             raise AssertionError(f"{attr}: _LIMITS and _check_value disagree")  # never
         # Every value passed the checks __post_init__ would repeat: build the sample without
         # running them twice (a heartbeat carries up to 16 samples; this halves their cost).
-        sample = object.__new__(cls)
-        for attr in _SAMPLE_FIELDS:
-            object.__setattr__(sample, attr, kwargs.get(attr))
-        return sample
+        return _new_sample([kwargs.get(attr) for attr in _SAMPLE_FIELDS])
 
 
 #: TelemetrySample's field names in order, and the attribute of each CBOR key (read once).
 _SAMPLE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TelemetrySample))
 _ATTR_OF_KEY: dict[str, str] = {key: attr for attr, key in TelemetrySample.KEYS.items()}
+#: Each field's slot setter: it fills a frozen sample at half the cost of object.__setattr__.
+_SETTERS = tuple(TelemetrySample.__dict__[attr].__set__ for attr in _SAMPLE_FIELDS)
+
+
+def _new_sample(values: Iterable[Any]) -> TelemetrySample:
+    """A sample of already checked `values` (in `_SAMPLE_FIELDS` order), without running
+    `__post_init__`'s checks again."""
+    sample = object.__new__(TelemetrySample)
+    for put, val in zip(_SETTERS, values, strict=False):
+        put(sample, val)
+    return sample
 
 
 def _limits(attr: str) -> tuple[bool, int, int]:
@@ -207,10 +233,7 @@ def _accept_every(d: dict[str, Any]) -> TelemetrySample | None:
         and 0 < len(uuid) <= _MAX_STR and 0 < len(name) <= _MAX_STR
     ):
         return None
-    sample = object.__new__(TelemetrySample)
-    for attr, val in zip(_SAMPLE_FIELDS, values, strict=False):
-        object.__setattr__(sample, attr, val)
-    return sample
+    return _new_sample(values)
 
 
 def _accept_sample(d: object) -> TelemetrySample | None:
@@ -237,10 +260,7 @@ def _accept_sample(d: object) -> TelemetrySample | None:
         elif type(val) is not int or not lo <= val <= hi:
             return None
         values[at] = val
-    sample = object.__new__(TelemetrySample)
-    for attr, val in zip(_SAMPLE_FIELDS, values, strict=True):
-        object.__setattr__(sample, attr, val)
-    return sample
+    return _new_sample(values)
 
 
 def _check_value(attr: str, val: object, required: frozenset[str], key: str | None = None) -> None:

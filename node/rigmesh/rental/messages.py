@@ -23,6 +23,7 @@ machines' business (negotiation.py, usage.py). Signatures are made and checked t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, NamedTuple
 
@@ -373,17 +374,24 @@ class Heartbeat(NamedTuple):
                 "time": self.time, "uptime": self.uptime, "receipt_seq": self.receipt_seq,
                 "job": {"state": self.state, "exit": self.exit,
                         "outputs": [f.to_wire() for f in self.outputs]},
-                "gpus": [s.to_cbor_map() for s in self.gpus],
+                "gpus": [s.wire_map() for s in self.gpus],
             },
         )
 
 
-class SignedHeartbeat(NamedTuple):
+class _SignedHeartbeatFields(NamedTuple):
     heartbeat: Heartbeat
     sig: bytes
     encoded: bytes
 
-    @property
+
+class SignedHeartbeat(_SignedHeartbeatFields):
+    """A heartbeat with its signature and encoding. Its digest is hashed once: each round reads
+    it several times (the next heartbeat's ``prev``, the receipt's ``evidence``, both sides'
+    checks). Subclassing the tuple gives the instance a ``__dict__`` for that one value;
+    equality and unpacking stay the tuple's."""
+
+    @functools.cached_property
     def digest(self) -> bytes:
         """What the next heartbeat's ``prev`` and the answering receipt's ``evidence`` hold."""
         return hashlib.sha256(self.encoded).digest()

@@ -138,18 +138,29 @@ class Negotiation(Machine[NegState, NegEvent]):
         self.agreement: SignedAgreement | None = None
         self.fund: Fund | None = None
         self.opened_at: int | None = None
+        self._terms: tuple[SignedAgreement, eip712.Terms, bytes] | None = None  # `_agreed`
 
     # -- what the machine knows -----------------------------------------------------------
 
     @property
     def terms(self) -> eip712.Terms:
-        if self.agreement is None:
-            raise LocalProtocolError("no agreement yet")
-        return self.agreement.agreement.terms
+        return self._agreed()[1]
 
     @property
     def rental_id(self) -> bytes:
-        return self.terms.rental_id
+        return self._agreed()[2]
+
+    def _agreed(self) -> tuple[SignedAgreement, eip712.Terms, bytes]:
+        """The agreement's terms and rental id, derived once per agreement: they cost a SHA-256
+        and an EIP-712 hash, and the driver reads the rental id at every step it persists."""
+        sa = self.agreement
+        if sa is None:
+            raise LocalProtocolError("no agreement yet")
+        memo = self._terms
+        if memo is None or memo[0] is not sa:
+            terms = sa.agreement.terms
+            memo = self._terms = (sa, terms, terms.rental_id)
+        return memo
 
     @property
     def deadline(self) -> int | None:

@@ -27,8 +27,15 @@ _KEYS = frozenset(
 )
 
 
+class _EncodedSlot:
+    """Where a receipt keeps its encoding once made (`SignedReceipt.encode`). Not a dataclass
+    field: equality, hashing and repr see the receipt only."""
+
+    __slots__ = ("_encoded",)
+
+
 @dataclass(frozen=True, slots=True)
-class SignedReceipt:
+class SignedReceipt(_EncodedSlot):
     chain_id: int
     escrow: bytes
     receipt: eip712.Receipt
@@ -63,7 +70,15 @@ class SignedReceipt:
         }
 
     def encode(self) -> bytes:
-        return cbor.encode(self.to_wire())
+        """The canonical encoding, made once: the renter sends it and both sides' snapshots
+        hold it at every step until the next receipt."""
+        try:
+            return self._encoded  # type: ignore[no-any-return]
+        except AttributeError:
+            pass
+        encoded = cbor.encode(self.to_wire())
+        object.__setattr__(self, "_encoded", encoded)
+        return encoded
 
 
 def sign_receipt(
