@@ -94,7 +94,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
         serving = subprocess.Popen(
             provider.argv("provide", "--price-per-hour", "3.60", "--region", "DE/test",
                           "--gpu", "none", "--runner", "subprocess", "--heartbeat-seconds", "2",
-                          "--capacity", "2"),
+                          "--capacity", "2", "--allow-program", Path(sys.executable).name),
             env=provider.environ(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         served: list[str] = []
         bootstrap = read_until(serving, r"renters join with: --bootstrap (\S+)", served).group(1)
@@ -191,6 +191,16 @@ def test_refusals_before_money_moves(market: Market) -> None:
     assert "dropping `country=NL` would find 1 offer(s)" in no_match.stderr
     for r in (wrong_chain, no_escrow, budget, no_gas, no_tokens):
         assert "rigmesh rent" not in r.stdout and "rental    0x" not in r.stdout
+
+
+def test_provider_refusal_is_a_peer_exit(market: Market) -> None:
+    """The provider runs only the programs it allows (the fixture's: this Python): a proposal
+    for another one is rejected in negotiation, before any money moves, and `rent` says why."""
+    refused = market.rent("num_gpus=0", "--yes", "--duration", "60s", "--", "sh", "-c", "true")
+    assert refused.returncode == exits.PEER, refused.stdout + refused.stderr
+    assert "the provider did not rent" in refused.stderr, refused.stderr
+    assert "program 'sh' not allowed" in refused.stderr, refused.stderr
+    assert "rental    0x" not in refused.stdout
 
 
 def test_bad_flags_and_input_are_refused(market: Market) -> None:

@@ -361,16 +361,19 @@ def test_job_states_in_the_last_heartbeat_name_the_end() -> None:
     w = _funded()
     r = w.rental()
     assert r is not None and r.use is not None
-    for state, uptime, expected in [
-        (JobState.EXITED, 10, CloseReason.JOB_EXITED),
-        (JobState.LOST, 10, CloseReason.PROVIDER_RESTARTED),
-        (JobState.FAILED, 10, CloseReason.JOB_LIMIT),
-        (JobState.FAILED, 0, CloseReason.START_FAILED),
-        (JobState.STOPPED, 300, CloseReason.COMPLETED),
-        (JobState.STOPPED, 10, CloseReason.PROVIDER_STOPPED),
+    for state, seq, uptime, expected in [
+        (JobState.EXITED, 2, 10, CloseReason.JOB_EXITED),
+        (JobState.LOST, 2, 10, CloseReason.PROVIDER_RESTARTED),
+        (JobState.FAILED, 2, 10, CloseReason.JOB_LIMIT),
+        # killed for a limit within its first second: it ran (heartbeat 1 said so)
+        (JobState.FAILED, 2, 0, CloseReason.JOB_LIMIT),
+        # the first heartbeat is the final one: the job never ran
+        (JobState.FAILED, 1, 0, CloseReason.START_FAILED),
+        (JobState.STOPPED, 2, 300, CloseReason.COMPLETED),
+        (JobState.STOPPED, 2, 10, CloseReason.PROVIDER_STOPPED),
     ]:
         assert r.use.last is not None
-        hb = r.use.last.heartbeat._replace(state=state, uptime=uptime,
+        hb = r.use.last.heartbeat._replace(state=state, seq=seq, uptime=uptime,
                                            exit=0 if state == JobState.EXITED else None)
         r.use.last = r.use.last._replace(heartbeat=hb)
         assert r.use.ended_by() is expected, state

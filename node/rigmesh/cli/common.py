@@ -7,7 +7,7 @@ import getpass
 import json
 import os
 import sys
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from rigmesh.cli.exits import CHAIN, KEYS, USAGE, CliError
@@ -65,6 +65,18 @@ def print_json(doc: Any) -> None:
 def units(amount: int, decimals: int) -> str:
     """Base units as a decimal token amount, exactly (display only)."""
     return format(Decimal(amount).scaleb(-decimals).normalize(), "f")
+
+
+def parse_amount(text: str, decimals: int, flag: str) -> int:
+    """Whole tokens as people write them ("1000", "0.5") -> base units, exactly."""
+    try:
+        value = Decimal(text).scaleb(decimals)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value < 0 or value != value.to_integral_value():
+        raise CliError(f"{flag}: {text!r} is not an amount with at most {decimals} decimals",
+                       f"for example {flag} 1000", USAGE)
+    return int(value)
 
 
 def connect(settings: Settings) -> Any:

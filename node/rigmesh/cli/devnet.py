@@ -6,23 +6,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from decimal import Decimal, InvalidOperation
 
 from rigmesh.cli import settings
-from rigmesh.cli.common import key_store, progress
+from rigmesh.cli.common import key_store, parse_amount, progress
 from rigmesh.cli.exits import CHAIN, FAILURE, USAGE, CliError
-
-
-def _amount(text: str, decimals: int, flag: str) -> int:
-    """Whole tokens as people write them ("1000", "0.5") -> base units, exactly."""
-    try:
-        value = Decimal(text).scaleb(decimals)
-    except InvalidOperation:
-        value = Decimal("NaN")
-    if not value.is_finite() or value < 0 or value != value.to_integral_value():
-        raise CliError(f"{flag}: {text!r} is not an amount with at most {decimals} decimals",
-                       f"for example {flag} 1000", USAGE)
-    return int(value)
 
 
 def _address(text: str) -> bytes:
@@ -68,8 +55,8 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         funder = EthKey(ANVIL_DEV_KEY)
         deployment = prepare(w3, funder)
         token = token_info(w3, deployment.token)
-        tokens = _amount(args.tokens, token.decimals, "--tokens")
-        wei = _amount(args.eth, 18, "--eth")
+        tokens = parse_amount(args.tokens, token.decimals, "--tokens")
+        wei = parse_amount(args.eth, 18, "--eth")
         for account in accounts:
             fund(w3, funder, deployment, account, wei=wei, tokens=tokens)
             progress(f"funded 0x{account.hex()}: {args.eth} ETH, {args.tokens} {token.symbol}")

@@ -14,8 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rigmesh.cli import settings
-from rigmesh.cli.common import connect, load_keys, print_json, units
-from rigmesh.cli.devnet import _amount as parse_amount
+from rigmesh.cli.common import connect, load_keys, parse_amount, print_json, units
 from rigmesh.cli.exits import CHAIN, FUNDS, USAGE, CliError
 from rigmesh.cli.rentals import account_address, reader
 

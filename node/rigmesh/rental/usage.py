@@ -399,7 +399,10 @@ class Usage(Machine[UseState, UseEvent]):
             if hb.state == JobState.LOST:
                 return CloseReason.PROVIDER_RESTARTED
             if hb.state == JobState.FAILED:
-                return CloseReason.JOB_LIMIT if hb.uptime else CloseReason.START_FAILED
+                # Started (a running heartbeat came first, seq 1) even if it failed within
+                # its first second: the job broke a limit, it did not fail to start.
+                started = hb.uptime > 0 or hb.seq > 1
+                return CloseReason.JOB_LIMIT if started else CloseReason.START_FAILED
             if hb.uptime >= self.terms.max_seconds:
                 return CloseReason.COMPLETED
             if self.price * hb.uptime >= self.deposit:
