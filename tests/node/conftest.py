@@ -42,8 +42,9 @@ class Net:
     root: Path
 
     def config(self, name: str, keys: NodeKeys, *, provider: ProviderSettings | None = None,
-               bootstrap: tuple[str, ...] = (), faults: tuple[str, ...] = ()) -> NodeConfig:
-        return NodeConfig(home=self.root / name, keys=keys, chain=self.settings,
+               bootstrap: tuple[str, ...] = (), faults: tuple[str, ...] = (),
+               chain: ChainSettings | None = None) -> NodeConfig:
+        return NodeConfig(home=self.root / name, keys=keys, chain=chain or self.settings,
                           provider=provider, bootstrap=bootstrap, faults=faults, target_peers=0)
 
     def provider_settings(self, **policy: object) -> ProviderSettings:

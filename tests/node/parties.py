@@ -10,7 +10,7 @@ import trio
 
 from rigmesh.escrow.model import Status
 from rigmesh.market.offer import SignedOffer
-from rigmesh.node import NodeConfig, ProviderSettings, open_node
+from rigmesh.node import ChainSettings, NodeConfig, ProviderSettings, open_node
 from rigmesh.node.node import Engine, Node, NodeEvent
 from rigmesh.rental.codes import CloseReason
 from rigmesh.rental.usage import UseState
@@ -49,11 +49,14 @@ class Parties:
     provider: Node | None = None
     renter: Node | None = None
     before: tuple[int, int] = (0, 0)
+    provider_chain: ChainSettings | None = None
+    """How the provider watches the chain (None: as the renter does)."""
     _stops: dict[str, tuple[trio.Event, trio.Event]] = dataclasses.field(default_factory=dict)
 
     def _config(self, role: str) -> NodeConfig:
         if role == "provider":
-            return self.net.config("provider", self.pkeys, provider=self.provider_settings)
+            return self.net.config("provider", self.pkeys, provider=self.provider_settings,
+                                   chain=self.provider_chain)
         assert self.provider is not None
         return self.net.config("renter", self.rkeys, bootstrap=tuple(self.provider.addrs()))
 
