@@ -125,6 +125,25 @@ async def test_a_replayed_read_never_applies_an_event_twice(
     assert seen.opened() == [terms.rental_id]
 
 
+async def test_polls_at_once_apply_an_event_once(chain: TestChain, ledger: Ledger) -> None:
+    """The node polls out of turn (a heartbeat shows the chain moved) while the loop's own poll
+    may be under way: the two never read the same events."""
+    seen = Seen()
+    w = watcher(chain, ledger, seen, confirmations=0)
+    await w.poll()
+    terms = open_rental(chain, 4)
+    counts: list[int] = []
+
+    async def poll() -> None:
+        counts.append(await w.poll())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(poll)
+    assert seen.opened() == [terms.rental_id]
+    assert sorted(counts)[:2] == [0, 0] and sorted(counts)[2] >= 1  # one poll read them all
+
+
 async def test_a_crash_between_applying_and_committing_hands_the_event_over_again(
         chain: TestChain, ledger: Ledger) -> None:
     """The watcher commits after the callbacks: a node killed in between gets the event again

@@ -49,16 +49,17 @@ class Parties:
     provider: Node | None = None
     renter: Node | None = None
     before: tuple[int, int] = (0, 0)
-    provider_chain: ChainSettings | None = None
-    """How the provider watches the chain (None: as the renter does)."""
+    chains: dict[str, ChainSettings] = dataclasses.field(default_factory=dict)
+    """How a role's node watches the chain, where not as `net.settings` says."""
     _stops: dict[str, tuple[trio.Event, trio.Event]] = dataclasses.field(default_factory=dict)
 
     def _config(self, role: str) -> NodeConfig:
         if role == "provider":
             return self.net.config("provider", self.pkeys, provider=self.provider_settings,
-                                   chain=self.provider_chain)
+                                   chain=self.chains.get(role))
         assert self.provider is not None
-        return self.net.config("renter", self.rkeys, bootstrap=tuple(self.provider.addrs()))
+        return self.net.config("renter", self.rkeys, bootstrap=tuple(self.provider.addrs()),
+                               chain=self.chains.get(role))
 
     async def _run(self, role: str, task_status: trio.TaskStatus[Node]) -> None:
         stop, stopped = self._stops[role] = trio.Event(), trio.Event()

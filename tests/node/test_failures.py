@@ -105,7 +105,7 @@ async def test_provider_that_never_starts_costs_the_renter_nothing(net: Net) -> 
         # The provider waits for a confirmation depth the chain never reaches: it agrees, and
         # never sees the funding, so it never starts the job (stopping it once the renter saw
         # the funding would race its own watcher).
-        p.provider_chain = dataclasses.replace(net.settings, confirmations=10**6)
+        p.chains["provider"] = dataclasses.replace(net.settings, confirmations=10**6)
         provider, renter, offer = await started(p)
         key = await renter.rent(offer, wants(job("print('never runs')"), seconds=30))
         await renter.wait_until(key, lambda e: e.use is not None, timeout=30)  # funded

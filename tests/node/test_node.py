@@ -12,7 +12,7 @@ from rigmesh.node.node import Node
 from rigmesh.rental.codes import CloseReason
 from rigmesh.rental.usage import UseState
 from tests.node.conftest import PRICE, Net, an_offer, job, wants
-from tests.node.parties import closed, parties, started
+from tests.node.parties import closed, parties, running_with, started
 
 
 async def test_a_rental_between_two_nodes(net: Net) -> None:
@@ -29,6 +29,21 @@ async def test_a_rental_between_two_nodes(net: Net) -> None:
         assert paid == use.amount and paid + refunded == use.deposit
         assert use.ended_by() is CloseReason.JOB_EXITED, (use.ended_by(), use.state, use.snapshot())
         assert paid <= PRICE * 20
+
+
+async def test_a_heartbeat_before_the_renter_saw_the_funding_makes_it_read_the_chain(
+    net: Net,
+) -> None:
+    """The provider's watcher may see the open first, and its first heartbeat then finds a
+    renter that has not: the renter reads the chain at once instead of refusing it and waiting
+    for the retry. Here the renter's own watcher polls once an hour, so only the heartbeat can
+    show it the funding."""
+    async with parties(net) as p:
+        p.chains["renter"] = dataclasses.replace(net.settings, poll=3600.0)
+        provider, renter, offer = await started(p)
+        key = await renter.rent(offer, wants(job("import time; time.sleep(60)"), seconds=30))
+        await renter.wait_until(key, running_with(PRICE), timeout=10)
+        await provider.wait_until(key, running_with(PRICE), timeout=10)
 
 
 async def test_inputs_in_output_streamed_results_back(net: Net) -> None:

@@ -64,6 +64,7 @@ class ChainWatcher:
         self.chain_time = 0
         self.reorgs = 0
         self.polled = trio.Event()  # set after each completed poll (tests wait on it)
+        self._reading = trio.Lock()  # one poll at a time: an event is applied once
 
     async def run(self) -> None:
         while True:
@@ -74,7 +75,13 @@ class ChainWatcher:
             await trio.sleep(self.poll_interval)
 
     async def poll(self) -> int:
-        """Apply what became confirmed since the last poll; returns how many events."""
+        """Apply what became confirmed since the last poll; returns how many events. Besides
+        the loop of `run`, the node polls at once when a peer's message shows the chain has
+        moved (a heartbeat for a rental this node has not seen funded yet)."""
+        async with self._reading:
+            return await self._poll()
+
+    async def _poll(self) -> int:
         head = await self.client.head()
         _, latest = await self.client.block(head)
         self.chain_time = max(self.chain_time, latest)

@@ -409,6 +409,11 @@ class Node:
         engine = None if key is None else self.renters.get(key)
         if engine is None or engine.provider != peer:
             raise UnexpectedMessage("no such rental here")
+        if kind == msg.HEARTBEAT and engine.use is None:
+            # The provider saw the funding first: read the chain now rather than refuse the
+            # heartbeat and wait for its retry (the engine still decides on what the chain says).
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.watcher.poll()
         reply = await self.step(key, lambda e: e.on_request(decoded, self.now()))  # type: ignore[arg-type]
         assert reply is not None
         self.faults.hit(f"before-reply:{msg.kind_of(reply, _USAGE_REPLIES)}")
