@@ -180,9 +180,9 @@ def decode_strict(data: bytes) -> Any:
     except Exception as exc:  # cbor2 raises several types; all mean the same to a peer
         raise Malformed(f"not CBOR: {exc}") from None
     _check_keys(value)
-    # Key order was checked above, so encoding in the decoded order is the canonical encoding;
-    # what remains to differ is a non-shortest integer or length.
-    if cbor2.dumps(value) != data:
+    # Key order was checked above, so the canonical encoding of the value (`encode`, in C) is
+    # what the bytes must be; what remains to differ is a non-shortest integer or length.
+    if encode(value, ordered=True) != data:
         raise NotCanonical("re-encoding differs")
     return value
 
