@@ -33,6 +33,7 @@ Plain script, about four minutes: ``python tests/bench/bench_node.py`` (``--skip
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import resource
 import statistics
@@ -199,6 +200,7 @@ def provider_process(conn: Any, home: str, secrets_: tuple[bytes, bytes],
                      chain: dict[str, Any]) -> None:
     """A provider node in its own process (spawned): sends its addresses on `conn`, then runs
     until told to stop."""
+    quiet_libp2p()
     keys = NodeKeys(PeerKey(secrets_[0]), EthKey(secrets_[1]))
     settings = ChainSettings(chain["rpc"], chain["chain_id"], chain["escrow"], chain["token"],
                              poll=POLL)
@@ -339,6 +341,7 @@ async def bench_b(root: Path) -> None:
 def renter_process(conn: Any, provider_addrs: list[str], n: int) -> None:
     """The renters of part (c): pure renter engines behind one libp2p host. Builds the rentals,
     sends the provider's side of each (snapshots), then answers heartbeats until told to stop."""
+    quiet_libp2p()
     from rigmesh.p2p.host import open_libp2p_network
 
     pairs = running_pairs(n)
@@ -470,7 +473,14 @@ async def amain(args: argparse.Namespace) -> None:
                 await bench_c(root, anvil, dep)
 
 
+def quiet_libp2p() -> None:
+    """py-libp2p logs, as errors, each stream a peer cannot open or that ends at shutdown: here
+    mostly the renters' bare host of part (c), which serves no sync protocol."""
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+
+
 def main() -> int:
+    quiet_libp2p()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-c", action="store_true", help="leave out part (c)")
     trio.run(amain, parser.parse_args())
