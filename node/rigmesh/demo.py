@@ -48,25 +48,32 @@ PRICES = ("2.88", "3.60", "4.32")
 #: A real workload: matrix products on the GPU where torch sees one, else a CPU hash chain.
 WORKLOAD = """\
 import hashlib, time
+# Six steps of about a second each, whatever the hardware: the rental runs long enough for
+# heartbeats and receipts to be seen.
 try:
     import torch
     assert torch.cuda.is_available()
     a = torch.randn(4096, 4096, device="cuda")
     for step in range(6):
-        t = time.time()
-        for _ in range(50):
-            b = a @ a
-        torch.cuda.synchronize()
-        print(f"step {step}: 50 matmuls 4096^2 on {torch.cuda.get_device_name()} "
-              f"in {time.time() - t:.2f} s", flush=True)
+        t, n = time.time(), 0
+        while time.time() - t < 1.0:
+            for _ in range(10):
+                b = a @ a
+            torch.cuda.synchronize()
+            n += 10
+        dt = time.time() - t
+        print(f"step {step}: {n} matmuls 4096^2 on {torch.cuda.get_device_name()}, "
+              f"{n * 2 * 4096**3 / dt / 1e12:.1f} TFLOP/s", flush=True)
 except Exception:
     h = b"rigmesh"
     for step in range(6):
-        t = time.time()
-        for _ in range(300_000):
-            h = hashlib.sha256(h).digest()
-        print(f"step {step}: 300k sha256 on the CPU in {time.time() - t:.2f} s, {h.hex()[:16]}",
-              flush=True)
+        t, n = time.time(), 0
+        while time.time() - t < 1.0:
+            for _ in range(10_000):
+                h = hashlib.sha256(h).digest()
+            n += 10_000
+        print(f"step {step}: {n:,} sha256 on the CPU in {time.time() - t:.2f} s, "
+              f"{h.hex()[:16]}", flush=True)
 """
 LONG_WORKLOAD = """\
 import time
@@ -225,30 +232,32 @@ def run_processes(workdir: Path) -> int:
 
         say(f"== 3. `rigmesh provide` x3 (GPU: {gpu})")
         serving: dict[str, subprocess.Popen[str]] = {}
-        bootstrap = ""
+        listening: dict[str, str] = {}  # provider -> its address, as each printed it
 
         def provide(u: User, price: str) -> subprocess.Popen[str]:
-            nonlocal bootstrap
+            # Each joins through the providers already up (a node restarted on a new port
+            # finds its renters again through them).
             args = ["provide", "--price-per-hour", price, "--region", "DE/demo", "--gpu", gpu,
                     "--runner", "subprocess", "--heartbeat-seconds", "2"]
-            if bootstrap:
-                args += ["--bootstrap", bootstrap]
+            args += [x for name, a in listening.items() if name != u.name
+                     for x in ("--bootstrap", a)]
             p = u.start(*args)
             procs.append(p)
-            addr = read_until(p, r"renters join with: --bootstrap (\S+)").group(1)
-            bootstrap = bootstrap or addr
-            say(f"   {u.name} at {price} tUSD/h, listening on {addr}")
+            listening[u.name] = read_until(p, r"renters join with: --bootstrap (\S+)").group(1)
+            say(f"   {u.name} at {price} tUSD/h, listening on {listening[u.name]}")
             return p
 
         for u, price in zip(providers, PRICES, strict=True):
             serving[u.name] = provide(u, price)
+        # The renter joins through every provider, as a user with a list of bootstrap peers.
+        bootstrap = [x for a in listening.values() for x in ("--bootstrap", a)]
         before = {u.account: books.holdings(u.account) for u in [*providers, renter]}
 
         query = "num_gpus>=1 dph<=4.5 country=DE"
         rentals = []
         say(f"== 4. `rigmesh rent '{query}'`: the cheapest match runs a real workload")
         first = Rental("a workload to its end")
-        rent = renter.start("rent", query, "--bootstrap", bootstrap, "--duration", "2m",
+        rent = renter.start("rent", query, *bootstrap, "--duration", "2m",
                             "--gpus", "1", "--yes", "--", "python3", "-c", WORKLOAD)
         procs.append(rent)
         read_until(rent, r"^results|^tx\s+settled|^refunded", echo="   | ", seen=first.lines)
@@ -261,7 +270,7 @@ def run_processes(workdir: Path) -> int:
 
         say("== 5. a second rental; its provider is killed mid-run (SIGKILL) and restarted")
         second = Rental("provider killed mid-run")
-        rent = renter.start("rent", query, "--bootstrap", bootstrap, "--duration", "2m",
+        rent = renter.start("rent", query, *bootstrap, "--duration", "2m",
                             "--gpus", "1", "--yes", "--", "python3", "-c", LONG_WORKLOAD)
         procs.append(rent)
         offer = read_until(rent, r"^offer\s+.* from (\S+?)…", echo="   | ", seen=second.lines)
