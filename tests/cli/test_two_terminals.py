@@ -149,6 +149,27 @@ def test_provide_then_rent(market: Market) -> None:
     assert paid in [r["paid"] for r in doc["rentals"]]
 
 
+def test_prepaid_part_is_topped_up_after_a_low_balance_warning(market: Market) -> None:
+    """--prepay locks 20 of the 60 s at the start: the first receipt finds less than
+    budget.low_balance_seconds (600 s) left, so the renter is warned, and less than 5 min, so
+    the node tops the deposit up from the wallet to what the whole minute costs."""
+    job = ["--", sys.executable, "-c", "import time; print('running', flush=True); time.sleep(6)"]
+    rented = market.rent("num_gpus=0", "--yes", "--duration", "60s", "--prepay", "20s", *job,
+                         process=True)
+    assert rented.returncode == exits.OK, rented.stdout + rented.stderr
+    out = rented.stdout
+    assert ("deposit   0.02 tUSD now, covering 20 s; topped up from your wallet as it runs for "
+            "up to 60 s; the most it can cost is 0.06 tUSD") in out
+    assert re.search(r"^warning: low-balance: \d+ s left at this rate", rented.stderr, re.M), \
+        rented.stderr
+    assert re.search(r"^tx        topup    0x[0-9a-f]{64}$", out, re.M), out
+    seconds, paid, refunded = amounts(out)
+    assert paid == PRICE * seconds and paid + refunded == PRICE * 60  # the topped-up deposit
+    too_long = market.rent("num_gpus=0", "--yes", "--duration", "60s", "--prepay", "2m", *JOB)
+    assert too_long.returncode == exits.USAGE
+    assert "--prepay 2m is longer than --duration 60s" in too_long.stderr
+
+
 def test_offers_table_json_and_no_match(market: Market) -> None:
     listed = market.renter.call("offers", "num_gpus=0", "--json", "--bootstrap", market.bootstrap)
     assert listed.returncode == 0, listed.stderr

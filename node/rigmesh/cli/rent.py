@@ -25,8 +25,9 @@ _KIND_CODES = {"chain": CHAIN, "funds": FUNDS, "budget": BUDGET}
 
 @dataclass(frozen=True)
 class Estimate:
-    """What the rental costs, in base units: the deposit locked, the most it can cost (the
-    deposit: the escrow never pays more), per hour."""
+    """What the rental costs, in base units: the deposit locked at the start, the most it can
+    cost (the deposit and the top-ups its budget allows: the escrow never pays more), per
+    hour."""
 
     deposit: int
     most: int
@@ -71,6 +72,11 @@ def cmd_rent(args: argparse.Namespace) -> int:
         raise CliError("refusing to rent without confirmation: no terminal to ask on",
                        "pass --yes to rent without asking (scripts)", USAGE)
     seconds = parse_duration(args.duration, "--duration")
+    prepay = seconds if args.prepay is None else parse_duration(args.prepay, "--prepay")
+    if prepay > seconds:
+        raise CliError(f"--prepay {args.prepay} is longer than --duration {args.duration}",
+                       "prepay at most the rental's duration (the default prepays all of it)",
+                       USAGE)
     digests, inputs = _inputs(args.input)
     s = settings.load(args)
     chain = s.chain()
@@ -78,12 +84,12 @@ def cmd_rent(args: argparse.Namespace) -> int:
     token = token_info(w3, chain.token)
     f = build_filter(args, token, limit=20)
     keys = load_keys(s)
-    return trio.run(_rent, args, s, w3, token, f, keys, command, seconds, digests, inputs,
-                    interactive)
+    return trio.run(_rent, args, s, w3, token, f, keys, command, seconds, prepay, digests,
+                    inputs, interactive)
 
 
 async def _rent(args: argparse.Namespace, s: settings.Settings, w3: Any, token: Any, f: Any,
-                keys: Any, command: list[str], seconds: int, digests: Any,
+                keys: Any, command: list[str], seconds: int, prepay: int, digests: Any,
                 inputs: dict[str, bytes], interactive: bool) -> int:
     import trio
 
@@ -105,23 +111,27 @@ async def _rent(args: argparse.Namespace, s: settings.Settings, w3: Any, token: 
         o = offer.offer
         gpus = (o.gpu.count if o.gpu else 0) if args.gpus is None else args.gpus
         workload = Workload("command", tuple(command), gpus, digests)
-        deposit = o.price_per_second * seconds
+        # The deposit covers `prepay` seconds; the node tops it up as the rental runs (from
+        # the wallet, when less than 5 min is left) up to what the whole duration costs.
+        deposit, most = o.price_per_second * prepay, o.price_per_second * seconds
         wants = RenterWants(
             workload=workload, seconds=seconds, max_price=o.price_per_second,
-            budget=Budget(cap=deposit, warn_seconds=s["budget.low_balance_seconds"]),
-            funding=Funding.PROVIDER if args.gasless else Funding.RENTER)
-        estimate = Estimate(deposit, deposit, o.price_per_second * 3600)
+            budget=Budget(cap=most, warn_seconds=s["budget.low_balance_seconds"]),
+            funding=Funding.PROVIDER if args.gasless else Funding.RENTER, deposit=deposit)
+        estimate = Estimate(deposit, most, o.price_per_second * 3600)
         sym, d = token.symbol, token.decimals
         print(f"offer     {describe_gpu(offer)} from {peer_id_to_text(o.provider)[:20]}…, "
               f"{o.region.country}, reputation {node.book.reputation.score(o.provider)}")
         print(f"price     {units(estimate.per_hour, d)} {sym}/h ({o.price_per_second} base "
               f"units/s)")
-        print(f"deposit   {units(estimate.deposit, d)} {sym} for up to {seconds} s; the most it "
-              f"can cost is {units(estimate.most, d)} {sym}; the unused part is refunded",
-              flush=True)
+        topped = "" if prepay == seconds else (
+            f" now, covering {prepay} s; topped up from your wallet as it runs")
+        print(f"deposit   {units(estimate.deposit, d)} {sym}{topped} for up to {seconds} s; the "
+              f"most it can cost is {units(estimate.most, d)} {sym}; the unused part is "
+              "refunded", flush=True)
         locked = await trio.to_thread.run_sync(locked_since, node.ledger,
                                                _month_start(int(time.time())))
-        problem = check_budget(deposit, per_rental=s["budget.per_rental"],
+        problem = check_budget(most, per_rental=s["budget.per_rental"],
                                per_month=s["budget.per_month"], locked_this_month=locked)
         if problem is None:
             problem = await trio.to_thread.run_sync(lambda: check_funds(
@@ -168,7 +178,7 @@ class Session:
         if use is None:
             return f"negotiating… {elapsed} s"
         spent = use.amount
-        projected = min(use.deposit, use.price * self.wants.seconds)
+        projected = min(max(use.deposit, self.wants.budget.cap), use.price * self.wants.seconds)
         return (f"elapsed {elapsed} s | cost so far {units(spent, d)} {sym} | deposit left "
                 f"{units(use.deposit - spent, d)} {sym} | projected total "
                 f"{units(projected, d)} {sym}")
@@ -329,6 +339,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--duration", default="1h", metavar="DURATION",
                    help="longest the rental runs (the deposit covers it): 90s, 30m, 2h "
                    "(default 1h); it ends sooner when the command exits")
+    p.add_argument("--prepay", default=None, metavar="DURATION",
+                   help="lock only this much of the duration at the start (default: all of "
+                   "it); the node tops the deposit up from your wallet as the rental runs and "
+                   "warns when it covers less than budget.low_balance_seconds")
     p.add_argument("--input", action="append", type=Path, default=[], metavar="FILE",
                    help="a file for the job (repeat); it sees it as in/<name>")
     p.add_argument("--gpus", type=int, default=None,
