@@ -10,14 +10,18 @@ import re
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from web3 import Web3
 
-from rigmesh.chain.anvil import find_anvil
+from rigmesh.chain.anvil import ANVIL_DEV_KEY, find_anvil
+from rigmesh.chain.devnet import Deployment, fund
 from rigmesh.cli import exits
+from rigmesh.wire.eip712 import EthKey
 from tests.cli.conftest import Cli
 
 pytestmark = [
@@ -168,6 +172,32 @@ def test_prepaid_part_is_topped_up_after_a_low_balance_warning(market: Market) -
     too_long = market.rent("num_gpus=0", "--yes", "--duration", "60s", "--prepay", "2m", *JOB)
     assert too_long.returncode == exits.USAGE
     assert "--prepay 2m is longer than --duration 60s" in too_long.stderr
+
+
+def test_gasless_rental_costs_the_renter_no_gas(market: Market, tmp_path: Path) -> None:
+    """A renter with test stablecoins and no native gas token rents with --gasless: it signs a
+    permit and the agreement, the provider submits openFor (paying the gas), the job runs and
+    settles. The renter paid no gas, and of its tokens exactly what the receipts say."""
+    chain = tomllib.loads(market.renter.config.read_text())["chain"]
+    w3 = Web3(Web3.HTTPProvider(chain["rpc"]))
+    deployment = Deployment(chain["chain_id"], bytes.fromhex(chain["escrow"][2:]),
+                            bytes.fromhex(chain["token"][2:]))
+    gasless = Cli(tmp_path / "gasless")
+    account = bytes.fromhex(init(gasless)[2:])
+    gasless.config.write_text(market.renter.config.read_text())
+    fund(w3, EthKey(ANVIL_DEV_KEY), deployment, account, wei=0, tokens=PRICE * 60)
+
+    rented = market.rent("num_gpus=0", "--yes", "--gasless", "--duration", "60s", *JOB,
+                         cli=gasless, process=True)
+    assert rented.returncode == exits.OK, rented.stdout + rented.stderr
+    assert "hello from the job" in rented.stdout
+    seconds, paid, refunded = amounts(rented.stdout)
+    assert paid == PRICE * seconds and paid + refunded == PRICE * 60
+    balance = gasless.run("balance", "--json")
+    assert balance.returncode == 0, balance.stderr
+    doc = json.loads(balance.stdout)
+    # The permit moved the whole deposit out of the wallet; the refund waits in the escrow.
+    assert (int(doc["gas_wei"]), int(doc["wallet"]), int(doc["escrow_free"])) == (0, 0, refunded)
 
 
 def test_offers_table_json_and_no_match(market: Market) -> None:
