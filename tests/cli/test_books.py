@@ -5,8 +5,8 @@ open when both nodes stopped)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-import secrets
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +34,6 @@ from rigmesh.rental.usage import UseState
 from rigmesh.rental.workload import Workload
 from rigmesh.store.keys import FAST, KeyStore, NodeKeys
 from rigmesh.wire.eip712 import EthKey
-from rigmesh.wire.identity import PeerKey
 from tests.cli.conftest import Cli
 
 pytestmark = [
@@ -54,7 +53,9 @@ class Books:
     w3: Web3
     deployment: Deployment
     renter: Cli
+    provider: Cli
     keys: NodeKeys
+    provider_keys: NodeKeys
     settled: bytes  # rental ids
     open: bytes
 
@@ -72,14 +73,14 @@ def _where(node: Any, key: bytes) -> str:
     return "no engine" if e is None else f"{e.neg.state} {e.use and e.use.state}"
 
 
-async def _rent(chain: ChainSettings, root: Path, renter_keys: NodeKeys,
-                renter_home: Path) -> tuple[bytes, bytes]:
+async def _rent(chain: ChainSettings, provider_home: Path, provider_keys: NodeKeys,
+                renter_keys: NodeKeys, renter_home: Path) -> tuple[bytes, bytes]:
     """Two real rentals between two nodes: one runs to settlement, one is left open."""
     # Two listings: each rental takes a fresh offer (a used one is replaced by a newer seq).
     listings = tuple(Listing(price_per_second=PRICE, region=Region("DE", "test"), min_seconds=1,
                              heartbeat_seconds=2, listing=n) for n in (0, 1))
     provider = NodeConfig(
-        home=root / "provider", keys=_provider_keys, chain=chain, target_peers=0,
+        home=provider_home, keys=provider_keys, chain=chain, target_peers=0,
         provider=ProviderSettings(
             listings=listings, runner="subprocess", gpu_source="none", telemetry_seconds=1,
             policy=ProviderPolicy(timers=TIMERS, min_grace=1, min_challenge_window=60)))
@@ -129,7 +130,6 @@ async def _rent(chain: ChainSettings, root: Path, renter_keys: NodeKeys,
     return settled, left_open
 
 
-_provider_keys = NodeKeys(PeerKey.generate(), EthKey(secrets.token_bytes(32)))
 
 
 @pytest.fixture(scope="module")
@@ -141,22 +141,26 @@ def books(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Books]:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 10}))
         funder = EthKey(ANVIL_DEV_KEY)
         d = prepare(w3, funder)
-        renter = Cli(root / "renter")
+        renter, provider = Cli(root / "renter"), Cli(root / "provider")
         keys = KeyStore(renter.home / "keys").create("pw", cost=FAST)
         fund(w3, funder, d, keys.account.address, wei=10**18, tokens=TOKENS)
-        fund(w3, funder, d, _provider_keys.account.address, wei=10**18, tokens=0)
-        renter.config.write_text(
-            f'[chain]\nrpc = "{node.url}"\nchain_id = {d.chain_id}\n'
-            f'escrow = "0x{d.escrow.hex()}"\ntoken = "0x{d.token.hex()}"\n')
+        pkeys = KeyStore(provider.home / "keys").create("pw", cost=FAST)
+        fund(w3, funder, d, pkeys.account.address, wei=10**18, tokens=0)
+        for cli in (renter, provider):
+            cli.root.mkdir(parents=True, exist_ok=True)
+            cli.config.write_text(
+                f'[chain]\nrpc = "{node.url}"\nchain_id = {d.chain_id}\n'
+                f'escrow = "0x{d.escrow.hex()}"\ntoken = "0x{d.token.hex()}"\n')
         chain = ChainSettings(node.url, d.chain_id, d.escrow, d.token, poll=0.2)
         try:
-            settled, left_open = trio.run(_rent, chain, root, keys, renter.home)
+            settled, left_open = trio.run(_rent, chain, provider.home, pkeys, keys,
+                                          renter.home)
         except BaseExceptionGroup as group:  # the nodes' nurseries nest it too deep to read
             leaf: BaseException = group
             while isinstance(leaf, BaseExceptionGroup):
                 leaf = leaf.exceptions[0]
             raise leaf from None
-        yield Books(node, w3, d, renter, keys, settled, left_open)
+        yield Books(node, w3, d, renter, provider, keys, pkeys, settled, left_open)
 
 
 def _json(done: object) -> object:
@@ -202,10 +206,18 @@ def test_list_show_and_export(books: Books, tmp_path: Path) -> None:
     assert len(hashes) >= 2  # open and settle (and any claims)
     assert table["0x" + books.open.hex()]["end_utc"] == ""
 
+    # The provider's books: the same rental, earned, with what was rented.
+    theirs = books.provider.run("rentals", "export", "--csv", "-", password=None)
+    assert theirs.returncode == 0, theirs.stderr
+    earned = {r["rental_id"]: r for r in csv.DictReader(io.StringIO(theirs.stdout))}
+    mine = earned["0x" + books.settled.hex()]
+    assert mine["role"] == "provider" and mine["gpu"] == row["gpu"]
+    assert mine["paid_base_units"] == row["paid_base_units"]
+
 
 def test_reputation_from_the_chain(books: Books) -> None:
     cli = books.renter
-    payee = "0x" + _provider_keys.account.address.hex()
+    payee = "0x" + books.provider_keys.account.address.hex()
     rows = _json(cli.run("reputation", payee, "--json", password=None))
     assert isinstance(rows, list) and len(rows) == 1
     p = rows[0]

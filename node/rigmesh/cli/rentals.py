@@ -62,7 +62,7 @@ def _iso(t: int | None) -> str:
 
 
 def _gpu(row: RentalRow) -> str:
-    """What was rented, from the offer a renter's ledger keeps (a provider's keeps no offer)."""
+    """What was rented, from the offer the ledger keeps with the rental (either role)."""
     from rigmesh.market.offer import parse_offer
     from rigmesh.wire import cbor
 

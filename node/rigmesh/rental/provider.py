@@ -90,11 +90,14 @@ class ProviderContext:
 class ProviderRental:
     """One negotiation and, once funded, the rental it became, as the provider holds them."""
 
-    def __init__(self, ctx: ProviderContext, renter: bytes, listing: tuple[bytes, int]) -> None:
+    def __init__(self, ctx: ProviderContext, renter: bytes, listing: tuple[bytes, int],
+                 offer: bytes | None = None) -> None:
         self.ctx = ctx
         self.renter = renter
         #: The (provider, listing) key of the offer it rents: what capacity is counted on.
         self.listing = listing
+        #: That offer, encoded as signed: what was rented, for the provider's own books.
+        self.offer = offer
         self.neg = Negotiation(PROVIDER, ctx.crypto, chain_id=ctx.chain_id, escrow=ctx.escrow)
         self.use: Usage | None = None
         timers = ctx.policy.timers
@@ -471,6 +474,7 @@ class ProviderRental:
         return {
             "renter": self.renter,
             "listing": list(self.listing),
+            "offer": self.offer,
             "neg": self.neg.snapshot(),
             "use": None if self.use is None else self.use.snapshot(),
             "outbox": self.outbox.snapshot(),
@@ -491,7 +495,7 @@ class ProviderRental:
     def restore(cls, ctx: ProviderContext, snap: dict[str, Any], now: int) -> ProviderRental:
         """A rental as the ledger last saw it. A job that was running did not survive the
         node: call `on_restart` once the runner has reaped it."""
-        r = cls(ctx, snap["renter"], (snap["listing"][0], snap["listing"][1]))
+        r = cls(ctx, snap["renter"], (snap["listing"][0], snap["listing"][1]), snap.get("offer"))
         r.neg = Negotiation.restore(snap["neg"], PROVIDER, ctx.crypto, chain_id=ctx.chain_id,
                                     escrow=ctx.escrow)
         if snap["use"] is not None:
@@ -714,7 +718,7 @@ class ProviderDesk:
             if offer is None:
                 # Answer without keeping state: nothing to negotiate over.
                 return Reject(sp.cid, RejectReason.UNKNOWN_OFFER, "no such live offer").encode()
-            rental = ProviderRental(self.ctx, peer, offer.offer.key)
+            rental = ProviderRental(self.ctx, peer, offer.offer.key, offer.encoded)
         elif rental.renter != peer:
             raise UnexpectedMessage("negotiation of another renter")
         elif rental.neg.proposal == sp and rental.answer_sent is not None:
