@@ -51,7 +51,7 @@ pytest: setup
 
 test: setup lint forge pytest
 
-# Every fault point of the crash matrix (SIGKILL, restart, books checked), both roles: ~10 min.
+# Every fault point of the crash matrix (SIGKILL, restart, books checked), both roles: 2-5 min.
 crash-matrix: setup
 	$(PY) -m pytest -q -m 'matrix or not matrix' tests/node/test_crash.py
 
