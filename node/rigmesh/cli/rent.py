@@ -178,7 +178,7 @@ class Session:
         if use is None:
             return f"negotiating… {elapsed} s"
         spent = use.amount
-        projected = min(max(use.deposit, self.wants.budget.cap), use.price * self.wants.seconds)
+        projected = min(self.wants.budget.cap, use.price * self.wants.seconds)
         return (f"elapsed {elapsed} s | cost so far {units(spent, d)} {sym} | deposit left "
                 f"{units(use.deposit - spent, d)} {sym} | projected total "
                 f"{units(projected, d)} {sym}")

@@ -409,9 +409,10 @@ class Node:
         engine = None if key is None else self.renters.get(key)
         if engine is None or engine.provider != peer:
             raise UnexpectedMessage("no such rental here")
-        if kind == msg.HEARTBEAT and engine.use is None:
-            # The provider saw the funding first: read the chain now rather than refuse the
-            # heartbeat and wait for its retry (the engine still decides on what the chain says).
+        if kind == msg.HEARTBEAT and engine.use is None and engine.neg.state is NegState.AGREED:
+            # Agreed, not yet seen funded: the provider saw the funding first. Read the chain
+            # now rather than refuse the heartbeat and wait for its retry (the engine still
+            # decides on what the chain says; in any other state it refuses without a read).
             with contextlib.suppress(OSError, ConnectionError):
                 await self.watcher.poll()
         reply = await self.step(key, lambda e: e.on_request(decoded, self.now()))  # type: ignore[arg-type]
