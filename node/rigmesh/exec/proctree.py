@@ -226,6 +226,9 @@ class TreeTracker:
                 self.members[pid] = st.start_ticks
 
 
+_STOPPED = ("T", "t")  # stopped by a signal, or stopped while traced
+
+
 def _signal_members(members: Iterable[ProcStat], sig: int) -> None:
     for st in members:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -235,14 +238,19 @@ def _signal_members(members: Iterable[ProcStat], sig: int) -> None:
 def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0) -> int:
     """SIGKILL every member of the job until none is left alive. Returns how many were signalled.
 
-    Freeze, then kill. SIGSTOP the members and re-walk until no new member appears: a child
-    forked just before its parent froze is still linked to that (stopped, alive) parent, so the
-    walk sees it. Then the token net, then SIGKILL the closed set; killing first would orphan such
-    a child to init, out of reach of the parent chain. Repeats until nobody is left.
+    Freeze, then kill. SIGSTOP the members and re-walk until every live member reports itself
+    stopped: a child forked just before its parent froze is still linked to that (stopped, alive)
+    parent, so the walk sees it, and a member that was already exiting when the SIGSTOP came
+    (which does not stop it) is waited out until it is a zombie, by when its children hang under
+    the root (the subreaper) where the walk finds them. Waiting for "no new pid" alone is not
+    enough: a walk can read the root's children just before such a reparenting and the exiting
+    parent's just after, and miss the child. Then the token net, then SIGKILL the closed set;
+    killing first would orphan a child to init, out of reach of the parent chain. Repeats until
+    nobody is left.
 
     The net (a read of every new process's environment, costly on a busy host) is skipped when
-    the root is still alive once frozen: a process cannot come back to life, so it was alive all
-    along, every orphan went to it (subreaper), and the walk from it saw the whole tree.
+    the root is still alive once everything is frozen: every orphan went to it (subreaper), and
+    the walk from it saw the whole tree.
     """
     signalled: set[tuple[int, int]] = set()
     end = time.monotonic() + deadline_s
@@ -256,19 +264,27 @@ def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0) -> int:
                 os.killpg(tracker.root_pid, sig)
         _signal_members(live, sig)
 
+    def freeze(live: list[ProcStat]) -> tuple[list[ProcStat], bool]:
+        """(live members, whether all of them are stopped) by the deadline."""
+        while True:
+            running = [st for st in live if st.state not in _STOPPED]
+            if not running:
+                return live, True
+            if time.monotonic() > end:
+                return live, False
+            send(running, signal.SIGSTOP)
+            time.sleep(0.0005)  # a runnable process stops only once the scheduler runs it
+            live = tracker.poll()
+
     live = tracker.poll()
     netted = False
     while True:
-        frozen: set[int] = set()
-        while {st.pid for st in live} - frozen and time.monotonic() < end:
-            send(live, signal.SIGSTOP)
-            frozen |= {st.pid for st in live}
-            live = tracker.poll()
+        live, all_stopped = freeze(live)
         if not netted:  # the costly net once, with everything we know already frozen
             netted = True
             root = read_stat(tracker.root_pid)
             root_alive = root is not None and root.alive and root.start_ticks == tracker.root_start
-            if not root_alive:  # alive and frozen would mean the walk was already complete
+            if not (root_alive and all_stopped):
                 before = set(tracker.members)
                 tracker.adopt_token_holders()
                 if set(tracker.members) - before:
