@@ -466,6 +466,37 @@ async def test_runaway_forking_daemons_are_all_killed(any_runner: Runner) -> Non
     assert token_holders(token) == []
 
 
+async def test_a_member_that_cannot_stop_does_not_hold_up_the_stop(
+    runner: SubprocessRunner,
+) -> None:
+    # A vfork parent waits in the kernel ('D') until its child execs, and SIGSTOP does not stop
+    # it; here the child blocks opening a FIFO nobody writes to. The stop waits half a second
+    # for the freeze to settle, then takes the token net and kills: not its whole 5 s deadline.
+    code = """
+    import os
+    os.mkfifo("fifo")
+    os.write(1, b"PID %d\\n" % os.getpid())
+    os.posix_spawn("/bin/true", ["true"], os.environ,
+                   file_actions=[(os.POSIX_SPAWN_OPEN, 3, "fifo", os.O_RDONLY, 0)])
+    """
+    lim = Limits(wall_clock_s=20, poll_interval_s=0.05)
+    async with runner.start(py(code, limits=lim)) as job:
+        (pid,) = await _pids_until(job, 1)
+        with trio.fail_after(10):
+            while (st := read_stat(pid)) is None or st.state != "D":
+                await trio.sleep(0.01)
+        (child,) = proctree.children(pid)
+        started = trio.current_time()
+        with trio.fail_after(10):
+            await job.stop()
+            res = await job.wait()
+        took = trio.current_time() - started
+    assert res.reason is StopReason.STOPPED
+    assert res.killed_processes == 2 and res.survivors == 0
+    assert not alive(pid) and not alive(child)
+    assert took < 2.5, f"the stop took {took:.2f} s"
+
+
 async def test_reap_stale_jobs_after_a_node_crash(tmp_path) -> None:
     # A job tree started by a previous run of this node (simulated: spawned directly, with the
     # token layout the runner uses), plus one of another node on the same host.

@@ -235,7 +235,7 @@ def _signal_members(members: Iterable[ProcStat], sig: int) -> None:
             os.kill(st.pid, sig)
 
 
-def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0) -> int:
+def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0, settle_s: float = 0.5) -> int:
     """SIGKILL every member of the job until none is left alive. Returns how many were signalled.
 
     Freeze, then kill. SIGSTOP the members and re-walk until every live member reports itself
@@ -249,8 +249,9 @@ def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0) -> int:
     nobody is left.
 
     The net (a read of every new process's environment, costly on a busy host) is skipped when
-    the root is still alive once everything is frozen: every orphan went to it (subreaper), and
-    the walk from it saw the whole tree.
+    the root was alive and the freeze settled: every orphan went to the root (subreaper), and
+    the walk from it saw the whole tree. A member that does not stop within `settle_s` (stuck in
+    the kernel, or woken again and again) gets the net instead of a longer wait.
     """
     signalled: set[tuple[int, int]] = set()
     end = time.monotonic() + deadline_s
@@ -265,31 +266,35 @@ def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0) -> int:
         _signal_members(live, sig)
 
     def freeze(live: list[ProcStat]) -> tuple[list[ProcStat], bool]:
-        """(live members, whether all of them are stopped) by the deadline."""
+        """(live members, whether all of them stopped within `settle_s`)."""
+        give_up = min(end, time.monotonic() + settle_s)
         while True:
             running = [st for st in live if st.state not in _STOPPED]
             if not running:
                 return live, True
-            if time.monotonic() > end:
+            if time.monotonic() > give_up:
                 return live, False
             send(running, signal.SIGSTOP)
             time.sleep(0.0005)  # a runnable process stops only once the scheduler runs it
             live = tracker.poll()
 
     live = tracker.poll()
-    netted = False
+    net_once: bool | None = None
     while True:
         live, all_stopped = freeze(live)
-        if not netted:  # the costly net once, with everything we know already frozen
-            netted = True
+        if net_once is None:  # whether the root was gone, once frozen, before any kill of ours
             root = read_stat(tracker.root_pid)
             root_alive = root is not None and root.alive and root.start_ticks == tracker.root_start
-            if not (root_alive and all_stopped):
-                before = set(tracker.members)
-                tracker.adopt_token_holders()
-                if set(tracker.members) - before:
-                    live = tracker.poll()
-                    continue  # freeze the newcomers' own trees before killing anything
+            net_once = not root_alive
+        # The costly net: once if the root was gone, and after any freeze that did not settle
+        # (a member stuck in the kernel, or one that kept being woken): the walk may be short.
+        if (net_once or not all_stopped) and time.monotonic() < end:
+            net_once = False
+            before = set(tracker.members)
+            tracker.adopt_token_holders()
+            if set(tracker.members) - before:
+                live = tracker.poll()
+                continue  # freeze the newcomers' own trees before killing anything
         if not live:
             break
         send(live, signal.SIGKILL)
