@@ -130,8 +130,6 @@ async def _rent(chain: ChainSettings, provider_home: Path, provider_keys: NodeKe
     return settled, left_open
 
 
-
-
 @pytest.fixture(scope="module")
 def books(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Books]:
     root = tmp_path_factory.mktemp("books")

@@ -266,10 +266,15 @@ def kill_tree(tracker: TreeTracker, *, deadline_s: float = 5.0, settle_s: float 
         _signal_members(live, sig)
 
     def freeze(live: list[ProcStat]) -> tuple[list[ProcStat], bool]:
-        """(live members, whether all of them stopped within `settle_s`)."""
+        """(live members, whether all of them stopped within `settle_s`). Members already sent
+        SIGKILL are only dying (a GPU context can take a while to tear down): not waited on."""
         give_up = min(end, time.monotonic() + settle_s)
         while True:
-            running = [st for st in live if st.state not in _STOPPED]
+            running = [
+                st
+                for st in live
+                if st.state not in _STOPPED and (st.pid, st.start_ticks) not in signalled
+            ]
             if not running:
                 return live, True
             if time.monotonic() > give_up:
